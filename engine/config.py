@@ -1,0 +1,81 @@
+"""Engine configuration: one frozen dataclass, validated on creation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+DeviceProfileName = Literal["auto", "cpu", "sm61", "modern"]
+DTypeName = Literal["float32", "float16", "bfloat16"]
+
+# 1024x1024 pixels is 1024 visual tokens (32x32 pixels per token after the 2x2 merge): a 4000x3000 photo is
+# resized to about 1184x896 instead of costing 11,700 tokens and gigabytes of activations.
+DEFAULT_MAX_PIXELS = 1024 * 1024
+# Images above this are refused before decoding: 8000x6000 (48 MP) is an error, 6000x4000 (24 MP) is decoded
+# and resized. It bounds the memory one request can make a worker decode.
+DEFAULT_MAX_INPUT_PIXELS = 36_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Everything a ModelWorker needs to load a model and serve requests."""
+
+    model: str
+    """A local Hugging Face folder, or a hub id found in the local Hugging Face cache."""
+    device_profile: DeviceProfileName = "auto"
+    """`auto` picks `cpu`, `sm61` (Pascal) or `modern` from the GPU found."""
+    dtype: DTypeName | None = None
+    """Override of the profile's dtype (for example bfloat16 on a CPU with AVX512-BF16)."""
+    device_index: int = 0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Cap on an image's pixels after resizing (the model's own setting applies when lower)."""
+    min_pixels: int | None = None
+    """Floor on an image's pixels after resizing; None keeps the model's own setting (capped by max_pixels)."""
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+    """Images with more pixels than this are refused before they are decoded."""
+    max_model_len: int | None = None
+    """Prompt plus generated tokens; None uses the model's max_position_embeddings."""
+    default_max_tokens: int = 256
+    """max_tokens of a request that gives none."""
+    max_batch_tokens: int = 8192
+    """Token budget of one model batch: rows x (longest prompt + most new tokens), padding included."""
+    max_batch_size: int = 32
+    num_threads: int | None = None
+    """torch intra-op threads on CPU; None lets the worker use the CPUs Ray gave it."""
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("EngineConfig.model is empty: give a local model folder or a hub id such as "
+                             "Qwen/Qwen3-VL-2B-Instruct.")
+        if self.device_profile not in ("auto", "cpu", "sm61", "modern"):
+            raise ValueError(f"device_profile={self.device_profile!r}: use one of auto, cpu, sm61, modern.")
+        if self.dtype not in (None, "float32", "float16", "bfloat16"):
+            raise ValueError(f"dtype={self.dtype!r}: use float32, float16 or bfloat16 (or leave it unset).")
+        _require_positive("max_pixels", self.max_pixels)
+        _require_positive("max_input_pixels", self.max_input_pixels)
+        _require_positive("default_max_tokens", self.default_max_tokens)
+        _require_positive("max_batch_tokens", self.max_batch_tokens)
+        _require_positive("max_batch_size", self.max_batch_size)
+        if self.min_pixels is not None:
+            _require_positive("min_pixels", self.min_pixels)
+            if self.min_pixels > self.max_pixels:
+                raise ValueError(f"min_pixels={self.min_pixels} is above max_pixels={self.max_pixels}: "
+                                 "lower min_pixels or raise max_pixels.")
+        if self.max_model_len is not None:
+            _require_positive("max_model_len", self.max_model_len)
+        if self.num_threads is not None:
+            _require_positive("num_threads", self.num_threads)
+        if self.device_index < 0:
+            raise ValueError(f"device_index={self.device_index} must be 0 or more.")
+
+    def with_updates(self, **changes: Any) -> "EngineConfig":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _require_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a positive whole number.")

@@ -1,0 +1,158 @@
+"""The one request and result schema of vlray: Python API, batch rows and the server all use it.
+
+A request is either `prompt` (+ `images`: one user turn, images first, then the text) or `messages` in OpenAI
+chat form. Sampling fields follow OpenAI's names. A result always comes back, one per request: a bad request
+gets `finish_reason="error"` and an `error` that says what was wrong, never an exception that sinks its batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ImageSource = Union[str, bytes, Image.Image]
+"""A local path, a file:// URL, a data: base64 URL, raw encoded bytes, or a PIL image."""
+
+FinishReason = Literal["stop", "length", "error"]
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    url: str = Field(description="file:// or data: URL, or a local path (http(s) only where the server allows it)")
+
+
+class ImageURLPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+    @field_validator("image_url", mode="before")
+    @classmethod
+    def _accept_bare_string(cls, value: Any) -> Any:
+        # Some clients send {"image_url": "data:..."} instead of {"image_url": {"url": "data:..."}}.
+        return {"url": value} if isinstance(value, str) else value
+
+
+ContentPart = Union[TextPart, ImageURLPart]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart]
+
+
+class GenerationRequest(BaseModel):
+    """One generation: `prompt` (+ `images`) or `messages`, and sampling settings."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="allow")
+
+    id: str = Field(min_length=1, description="Caller's id, echoed in the result.")
+    prompt: str | None = Field(default=None, description="User text; with `images`, one user turn.")
+    images: list[ImageSource] = Field(default_factory=list, description="Images shown before the prompt.")
+    messages: list[ChatMessage] | None = Field(default=None, description="OpenAI-style chat instead of prompt.")
+    max_tokens: int | None = Field(default=None, ge=1, description="New tokens at most; None: engine default.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 is greedy decoding.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, description="Same seed, same sampled tokens.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end generation (not included).")
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_as_string(cls, value: Any) -> Any:
+        # Tables often carry integer ids; they are still ids.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_list(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _images_as_list(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        return [value] if isinstance(value, (str, bytes, Image.Image)) else value
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> "GenerationRequest":
+        if self.messages is not None and (self.prompt is not None or self.images):
+            raise ValueError("give either `prompt` (with `images`) or `messages`, not both")
+        if self.messages is None and self.prompt is None:
+            raise ValueError("a request needs `prompt` or `messages`")
+        if any(s == "" for s in self.stop):
+            raise ValueError("`stop` strings must not be empty")
+        return self
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class GenerationResult(BaseModel):
+    """What came of one request."""
+
+    id: str | None
+    text: str = ""
+    finish_reason: FinishReason
+    num_prompt_tokens: int = 0
+    num_generated_tokens: int = 0
+    error: str | None = None
+    error_kind: str | None = Field(default=None, description="A short class of the error, for summaries.")
+    token_ids: list[int] = Field(default_factory=list, description="Generated token ids, EOS included.")
+
+    @classmethod
+    def failed(cls, request_id: str | None, error: "RequestError | str", num_prompt_tokens: int = 0
+               ) -> "GenerationResult":
+        kind = error.kind if isinstance(error, RequestError) else "internal"
+        return cls(id=request_id, finish_reason="error", error=str(error), error_kind=kind,
+                   num_prompt_tokens=num_prompt_tokens)
+
+    @property
+    def ok(self) -> bool:
+        return self.finish_reason != "error"
+
+
+class RequestError(ValueError):
+    """A problem with one request's input; `kind` classes it (invalid_request, image_not_found, ...)."""
+
+    def __init__(self, message: str, kind: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def parse_request(raw: GenerationRequest | dict[str, Any]) -> GenerationRequest:
+    """Validate one request, turning pydantic's report into a RequestError that names the fields."""
+    if isinstance(raw, GenerationRequest):
+        return raw
+    if not isinstance(raw, dict):
+        raise RequestError(f"a request must be a mapping or GenerationRequest, got {type(raw).__name__}")
+    try:
+        return GenerationRequest.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "request"
+            problems.append(f"{where}: {err['msg']}")
+        kind = "missing_id" if any(e["loc"] == ("id",) for e in exc.errors()) else "invalid_request"
+        raise RequestError("invalid request: " + "; ".join(problems), kind=kind) from None
+
+
+def request_id_of(raw: Any) -> str | None:
+    """Best-effort id of a request that may not validate (so its error result still carries it)."""
+    if isinstance(raw, GenerationRequest):
+        return raw.id
+    if isinstance(raw, dict) and raw.get("id") not in (None, ""):
+        return str(raw["id"])
+    return None

@@ -1,0 +1,78 @@
+"""Counters and per-stage timings of a generation pipeline; mergeable across workers."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+STAGES = ("load", "preprocess", "transfer", "compute", "postprocess")
+
+
+@dataclass
+class PipelineStats:
+    """What went through a pipeline and where the time went."""
+
+    num_requests: int = 0
+    num_ok: int = 0
+    num_failed: int = 0
+    num_prompt_tokens: int = 0
+    num_generated_tokens: int = 0
+    num_batches: int = 0
+    num_batch_prompt_slots: int = 0  # rows x padded prompt length, summed over model batches
+    num_padding_tokens: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    wall_seconds: float = 0.0
+    errors_by_kind: Counter = field(default_factory=Counter)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a block under a stage name."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def record_error(self, kind: str | None) -> None:
+        self.num_failed += 1
+        self.errors_by_kind[kind or "internal"] += 1
+
+    @property
+    def padding_fraction(self) -> float:
+        """Pad tokens / all prompt tokens in model batches."""
+        return self.num_padding_tokens / self.num_batch_prompt_slots if self.num_batch_prompt_slots else 0.0
+
+    def merge(self, other: "PipelineStats") -> "PipelineStats":
+        """Sum of two stats (walls add too: merge per-worker stats, then set the wall you measured)."""
+        merged = PipelineStats()
+        for name in ("num_requests", "num_ok", "num_failed", "num_prompt_tokens", "num_generated_tokens",
+                     "num_batches", "num_batch_prompt_slots", "num_padding_tokens", "wall_seconds"):
+            setattr(merged, name, getattr(self, name) + getattr(other, name))
+        for stats in (self, other):
+            for stage, seconds in stats.stage_seconds.items():
+                merged.stage_seconds[stage] = merged.stage_seconds.get(stage, 0.0) + seconds
+        merged.errors_by_kind = self.errors_by_kind + other.errors_by_kind
+        return merged
+
+    def to_dict(self) -> dict[str, Any]:
+        wall = self.wall_seconds
+        return {
+            "num_requests": self.num_requests,
+            "num_ok": self.num_ok,
+            "num_failed": self.num_failed,
+            "num_prompt_tokens": self.num_prompt_tokens,
+            "num_generated_tokens": self.num_generated_tokens,
+            "num_batches": self.num_batches,
+            "num_padding_tokens": self.num_padding_tokens,
+            "num_batch_prompt_slots": self.num_batch_prompt_slots,
+            "padding_fraction": round(self.padding_fraction, 4),
+            "stage_seconds": {k: round(v, 4) for k, v in self.stage_seconds.items()},
+            "wall_seconds": round(wall, 4),
+            "requests_per_second": round(self.num_requests / wall, 3) if wall else 0.0,
+            "generated_tokens_per_second": round(self.num_generated_tokens / wall, 3) if wall else 0.0,
+            "errors_by_kind": dict(self.errors_by_kind),
+        }

@@ -1,0 +1,1 @@
+"""Entry points (no engine logic): demo, make_tiny_model, bench; later batch and serve."""

@@ -1,0 +1,65 @@
+"""Shared fixtures: the tiny model (built once), a loaded copy, sample images, one local Ray per session."""
+
+from __future__ import annotations
+
+import os
+
+# Before transformers, huggingface_hub or ray are imported: never reach a hub, keep Ray on 127.0.0.1 and off
+# token auth (see ENVIRONMENT.md), and keep logs quiet.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from engine.config import EngineConfig  # noqa: E402
+from engine.model_loader import LoadedModel, load_model  # noqa: E402
+from engine.tiny_model import build_tiny_model  # noqa: E402
+from jobs.sample_images import make_sample_images  # noqa: E402
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen3-vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_model_dir: Path) -> EngineConfig:
+    return EngineConfig(model=str(tiny_model_dir), device_profile="cpu", default_max_tokens=12)
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_config: EngineConfig) -> LoadedModel:
+    return load_model(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def sample_images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """64x64 png, 320x240 jpg, 256x512 png, 640x480 jpg, 1024x768 png."""
+    return make_sample_images(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session, bound to 127.0.0.1."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
