@@ -38,10 +38,10 @@ class BatchGenerator:
         self.stats = PipelineStats()
 
     @classmethod
-    def from_config(cls, config: EngineConfig) -> "BatchGenerator":
-        """Load the model the config names and wrap it."""
+    def from_config(cls, config: EngineConfig, bucket: bool = True) -> "BatchGenerator":
+        """Load the model the config names and wrap it (the load time counts as the `load` stage)."""
         start = time.perf_counter()
-        generator = cls(load_model(config), config)
+        generator = cls(load_model(config), config, bucket=bucket)
         generator.stats.stage_seconds["load"] += time.perf_counter() - start
         return generator
 

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 from transformers.image_utils import SizeDict
 from transformers.utils import logging as hf_logging
 
 from engine.config import EngineConfig
 from engine.device_profile import DeviceProfile, detect_profile
 from engine.model_source import model_fingerprint, resolve_model_dir
+from engine.request_preprocessor import RequestPreprocessor
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,15 @@ def cap_image_pixels(processor: ProcessorMixin, max_pixels: int, min_pixels: int
     longest = min(size.longest_edge or max_pixels, max_pixels)
     shortest = min(min_pixels if min_pixels is not None else (size.shortest_edge or 0), longest)
     processor.image_processor.size = SizeDict(longest_edge=longest, shortest_edge=shortest)
+
+
+def load_preprocessor(config: EngineConfig) -> RequestPreprocessor:
+    """The CPU side alone (processor and context length, no weights), for preprocessing actors."""
+    model_dir = resolve_model_dir(config.model)
+    processor = load_processor(model_dir, config.max_pixels, config.min_pixels)
+    context = AutoConfig.from_pretrained(str(model_dir)).text_config.max_position_embeddings
+    max_model_len = min(config.max_model_len, context) if config.max_model_len else context
+    return RequestPreprocessor(processor, max_model_len, config.default_max_tokens, config.max_input_pixels)
 
 
 def load_model(config: EngineConfig, profile: DeviceProfile | None = None) -> LoadedModel:

@@ -6,6 +6,7 @@ memory without a byte of weights; built with random weights it gives speed figur
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,11 @@ def load_preset_config(name: str, **token_ids: int) -> Qwen3VLConfig:
 def build_model(config: Qwen3VLConfig, device: str | torch.device = "meta",
                 dtype: torch.dtype = torch.float32, seed: int = 0) -> Qwen3VLForConditionalGeneration:
     """Instantiate the model: on `meta` for shapes and counts only, elsewhere with seeded random weights."""
+    # The published config says `"dtype": "bfloat16"` in text_config, and transformers builds that sub-model in
+    # it whatever the default dtype is: pin every part to the dtype asked for.
+    config = copy.deepcopy(config)
+    for part in (config, config.text_config, config.vision_config):
+        part.dtype = dtype
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

@@ -1,0 +1,164 @@
+"""The stages of the batch job as Ray Data UDFs, each with its map_batches arguments declared next to it.
+
+Rows travel between stages as two columns: `source` and `blob`, a pickled BatchRow (request, prepared
+tensors, result). A row that failed keeps flowing with its error result, so every input row reaches the
+output exactly once.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from typing import Any
+
+import pyarrow as pa
+import ray
+from ray.actor import ActorHandle
+from ray.data import ActorPoolStrategy
+
+from actors.batch_datasources import LINE_COLUMN, SOURCE_COLUMN, relative_source
+from actors.id_registry import DUPLICATE, SKIP
+from actors.worker_factory import WorkerResources
+from engine.batch_generator import BatchGenerator
+from engine.batch_rows import BatchRow, parse_jsonl_line, split_row
+from engine.config import EngineConfig
+from engine.model_loader import load_preprocessor, set_cpu_threads
+from engine.request import GenerationResult, RequestError, request_id_of
+
+INPUT_JSONL, INPUT_PARQUET, INPUT_IMAGES = "jsonl", "parquet", "images"
+
+
+def pack(rows: list[BatchRow]) -> pa.Table:
+    return pa.table({"source": pa.array([r.source for r in rows], type=pa.string()),
+                     "blob": pa.array([pickle.dumps(r, protocol=5) for r in rows], type=pa.binary())})
+
+
+def unpack(batch: pa.Table) -> list[BatchRow]:
+    return [pickle.loads(blob) for blob in batch.column("blob").to_pylist()]
+
+
+# -- parse: raw rows -> BatchRow with a request (or an error), resume and duplicate checks ----------------
+
+def parse_rows(batch: pa.Table, input_kind: str, input_root: str, defaults: dict[str, Any],
+               registry: ActorHandle) -> pa.Table:
+    """Turn raw input rows into requests; drop rows committed by an earlier run; flag duplicate ids.
+
+    `defaults` (the job's --prompt, --temperature, ...) fill the fields a row does not set itself.
+    """
+    rows = [_parse_one(raw, input_kind, input_root, defaults) for raw in batch.to_pylist()]
+    verdicts = ray.get(registry.claim.remote(
+        [(r.source, request_id_of(r.request) if r.request is not None else None) for r in rows]))
+    kept = []
+    for row, verdict in zip(rows, verdicts):
+        if verdict == SKIP:
+            continue
+        if verdict == DUPLICATE and row.result is None:
+            row_id = request_id_of(row.request)
+            row.result = GenerationResult.failed(row_id, RequestError(
+                f"duplicate id {row_id!r}: row {row.source} repeats an id that another row already has",
+                kind="duplicate_id"))
+        kept.append(row)
+    return pack(kept)
+
+
+def _parse_one(raw: dict[str, Any], input_kind: str, input_root: str, defaults: dict[str, Any]) -> BatchRow:
+    if input_kind == INPUT_IMAGES:
+        source = relative_source(raw["path"], input_root)
+        fields: dict[str, Any] = {"id": source, "images": [raw["bytes"]]}
+    else:
+        source = raw.pop(SOURCE_COLUMN)
+        try:
+            fields = parse_jsonl_line(raw[LINE_COLUMN], source) if input_kind == INPUT_JSONL else raw
+        except RequestError as exc:
+            return BatchRow(source, result=GenerationResult.failed(None, exc))
+    request, extra = split_row(fields, defaults)
+    return BatchRow(source, extra, request)
+
+
+def parse_stage_args(input_kind: str, input_root: str, defaults: dict[str, Any],
+                     registry: ActorHandle) -> dict[str, Any]:
+    """Light tasks (a quarter CPU): parsing is cheap, and the CPUs belong to preprocessing and generation."""
+    return dict(fn_kwargs=dict(input_kind=input_kind, input_root=input_root, defaults=defaults,
+                               registry=registry),
+                batch_format="pyarrow", batch_size=64, num_cpus=0.25)
+
+
+# -- preprocess: CPU actors decode images, resize, apply the chat template, tokenize ----------------------
+
+class PreprocessStage:
+    """CPU actor: RequestPreprocessor over the rows that still need it."""
+
+    def __init__(self, config: EngineConfig, collector: ActorHandle) -> None:
+        self.preprocessor = load_preprocessor(config)
+        self.collector = collector
+        self.actor_id = ray.get_runtime_context().get_actor_id()
+        self.seconds = 0.0
+        self.rows = 0
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        start = time.perf_counter()
+        rows = unpack(batch)
+        for row in rows:
+            if row.result is not None:
+                continue
+            try:
+                row.prepared = self.preprocessor.prepare(row.request)
+            except RequestError as exc:
+                row.result = GenerationResult.failed(request_id_of(row.request), exc)
+            except Exception as exc:  # one odd row must not fail the job
+                row.result = GenerationResult.failed(request_id_of(row.request), f"internal error: {exc}")
+            row.request = None  # images are in `prepared` now; do not ship them on
+        self.seconds += time.perf_counter() - start
+        self.rows += len(rows)
+        self.collector.report.remote("preprocess", self.actor_id, {"seconds": self.seconds, "rows": self.rows})
+        return pack(rows)
+
+
+def preprocess_stage_args(config: EngineConfig, collector: ActorHandle, num_workers: int) -> dict[str, Any]:
+    return dict(fn_constructor_kwargs=dict(config=config, collector=collector),
+                compute=ActorPoolStrategy(size=num_workers), batch_format="pyarrow", batch_size=8, num_cpus=0.5)
+
+
+# -- generate: model actors (one per GPU, or CPU workers) bucket a window of rows and generate ------------
+
+class GenerateStage:
+    """A ModelWorker as a Ray Data UDF: each call is a window of rows, bucketed and cut by the token budget."""
+
+    def __init__(self, config: EngineConfig, collector: ActorHandle, bucket: bool) -> None:
+        granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        set_cpu_threads(config.num_threads or max(1, int(granted)))
+        self.generator = BatchGenerator.from_config(config, bucket=bucket)
+        self.collector = collector
+        self.context = ray.get_runtime_context()
+        self.busy_seconds = 0.0
+        self.wait_seconds = 0.0
+        self.rows = 0
+        self._last_end: float | None = None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        start = time.perf_counter()
+        if self._last_end is not None:  # time from the end of the last window to this one: waiting for input
+            self.wait_seconds += start - self._last_end
+        rows = unpack(batch)
+        todo = [row for row in rows if row.result is None]
+        for row, result in zip(todo, self.generator.generate_prepared([row.prepared for row in todo])):
+            row.result = result
+        for row in rows:
+            row.prepared = None  # pixel patches stay here; only results travel to the writer
+        end = time.perf_counter()
+        self.busy_seconds += end - start
+        self._last_end = end
+        self.rows += len(rows)
+        self.collector.report.remote("generate", self.context.get_actor_id(), {
+            "stats": self.generator.stats, "busy_seconds": self.busy_seconds, "wait_seconds": self.wait_seconds,
+            "rows": self.rows, "node_id": self.context.get_node_id()})
+        return pack(rows)
+
+
+def generate_stage_args(config: EngineConfig, collector: ActorHandle, bucket: bool, num_workers: int,
+                        resources: WorkerResources, window_rows: int) -> dict[str, Any]:
+    """Two windows in flight per actor: the next one is queued while the current one generates."""
+    return dict(fn_constructor_kwargs=dict(config=config, collector=collector, bucket=bucket),
+                compute=ActorPoolStrategy(size=num_workers, max_tasks_in_flight_per_actor=2),
+                batch_format="pyarrow", batch_size=window_rows,
+                num_cpus=resources.num_cpus, num_gpus=resources.num_gpus)

@@ -1,0 +1,138 @@
+"""python -m jobs.batch --model M --input I --output O: Qwen3-VL over a table of prompts or a folder of images.
+
+Works the same under `ray job submit --working-dir . -- python -m jobs.batch ...` (it joins the cluster) and
+alone (Ray starts an embedded local instance). Rows stream through Ray Data: parse -> preprocess on CPU
+actors -> bucket and generate on model actors -> Parquet shards committed atomically in O. Running the same
+command again resumes: rows already committed are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import ray  # noqa: E402
+from ray.data import DataContext  # noqa: E402
+
+from actors.batch_stages import (  # noqa: E402
+    GenerateStage,
+    PreprocessStage,
+    generate_stage_args,
+    parse_rows,
+    parse_stage_args,
+    preprocess_stage_args,
+    unpack,
+)
+from actors.id_registry import IdRegistry  # noqa: E402
+from actors.stats_collector import StatsCollector  # noqa: E402
+from actors.worker_factory import plan_worker_resources  # noqa: E402
+from engine.config import DEFAULT_MAX_PIXELS, EngineConfig  # noqa: E402
+from engine.model_source import ModelNotFoundError, resolve_model_dir  # noqa: E402
+from engine.shard_writer import OutputNotWritableError, ShardWriter, check_output_writable, read_committed  # noqa: E402
+from jobs.batch_inputs import InputError, count_input_rows, input_kind_of, read_input  # noqa: E402
+from jobs.batch_report import Progress, ResultTally, job_stats, print_summary  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m jobs.batch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model folder or hub id in the local Hugging Face cache")
+    p.add_argument("--input", required=True, help=".jsonl or .parquet file, a folder of them, or a folder of images")
+    p.add_argument("--output", required=True, help="folder for the output Parquet shards (resumes if it has some)")
+    p.add_argument("--prompt", default=None, help="prompt of rows that carry none (every image of a folder)")
+    p.add_argument("--max-tokens", type=int, default=256, help="new tokens of rows that set no max_tokens")
+    p.add_argument("--temperature", type=float, default=None, help="temperature of rows that set none (0: greedy)")
+    p.add_argument("--batch-tokens", type=int, default=8192, help="token budget of one model batch")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="cap on an image's pixels")
+    p.add_argument("--num-workers", type=int, default=1, help="model actors (one per GPU)")
+    p.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs per model actor on CPU-only clusters")
+    p.add_argument("--preprocess-workers", type=int, default=1, help="CPU actors that preprocess rows")
+    p.add_argument("--window-rows", type=int, default=128, help="rows a model actor buckets together")
+    p.add_argument("--no-bucketing", action="store_true", help="batch rows in input order (for comparison)")
+    p.add_argument("--device-profile", default="auto", choices=["auto", "cpu", "sm61", "modern"])
+    p.add_argument("--limit", type=int, default=None, help="only the first N input rows")
+    p.add_argument("--rows-per-shard", type=int, default=1000, help="rows per committed output shard")
+    p.add_argument("--shard-seconds", type=float, default=60.0, help="commit a shard at least this often")
+    p.add_argument("--stats", default=None, help="write the stats JSON here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    input_path, output_path = Path(args.input).expanduser(), Path(args.output).expanduser()
+    # Everything that can be wrong with the command fails here, before Ray starts or a model loads.
+    try:
+        kind = input_kind_of(input_path)
+        check_output_writable(output_path)
+        config = EngineConfig(model=args.model, device_profile=args.device_profile, max_pixels=args.max_pixels,
+                              default_max_tokens=args.max_tokens, max_batch_tokens=args.batch_tokens)
+        resolve_model_dir(config.model)
+    except (InputError, OutputNotWritableError, ModelNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(log_to_driver=False)
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.execution_options.preserve_order = False
+    try:
+        stats = run_job(args, config, kind, input_path, output_path)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    print_summary(stats)
+    if args.stats:
+        Path(args.stats).write_text(json.dumps(stats, indent=2))
+    return 0
+
+
+def run_job(args: argparse.Namespace, config: EngineConfig, kind: str, input_path: Path,
+            output_path: Path) -> dict:
+    """Compose the stages, stream results into shards, and return the job's stats."""
+    start = time.perf_counter()
+    done_ids, done_sources = read_committed(output_path)
+    registry = IdRegistry.remote(done_ids, done_sources)
+    collector = StatsCollector.remote()
+    resources = plan_worker_resources(ray.cluster_resources(), args.num_workers, config, args.worker_cpus)
+    defaults = {"prompt": args.prompt, "temperature": args.temperature}
+
+    # Blocks of at most 64 rows (or a window): each stage hands on its work a block at a time.
+    dataset = read_input(input_path, kind, rows_per_block=min(64, args.window_rows))
+    if args.limit is not None:
+        dataset = dataset.limit(args.limit)
+    dataset = dataset.map_batches(parse_rows, **parse_stage_args(kind, str(input_path), defaults, registry))
+    dataset = dataset.map_batches(PreprocessStage, **preprocess_stage_args(config, collector,
+                                                                           args.preprocess_workers))
+    dataset = dataset.map_batches(GenerateStage, **generate_stage_args(
+        config, collector, not args.no_bucketing, args.num_workers, resources, args.window_rows))
+
+    total = count_input_rows(input_path, kind)
+    total = min(total, args.limit) if args.limit is not None else total
+    progress = Progress(max(0, total - len(done_sources)))
+    writer = ShardWriter(output_path, args.rows_per_shard, args.shard_seconds)
+    tally = ResultTally()
+    write_seconds = 0.0
+    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        rows = unpack(batch)
+        write_start = time.perf_counter()
+        writer.add([row.output_row() for row in rows])
+        write_seconds += time.perf_counter() - write_start
+        for row in rows:
+            tally.add(row.result)
+        progress.update(len(rows))
+    writer.flush()
+    progress.close()
+    return job_stats(tally, ray.get(collector.collect.remote()), ray.get(registry.counts.remote()),
+                     time.perf_counter() - start, write_seconds, writer.num_shards)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
