@@ -63,9 +63,14 @@ class _ImageHandler(BaseHTTPRequestHandler):
         pass
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        pass  # the client hanging up on a too big or too slow answer is the point of those tests
+
+
 @pytest.fixture(scope="module")
 def image_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ImageHandler)
+    server = _QuietServer(("127.0.0.1", 0), _ImageHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
