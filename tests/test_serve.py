@@ -4,7 +4,12 @@ input is a 400 (never a 500) after which the server goes on answering."""
 
 import base64
 import io
+import os
+import re
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -13,7 +18,7 @@ import pytest
 from actors.openai_deployment import run_local
 from engine.batch_generator import BatchGenerator
 from engine.server_config import ServerConfig
-from jobs.sample_images import make_image
+from jobs.sample_images import make_image, make_sample_images
 
 MODEL = "tiny-vl"
 
@@ -181,3 +186,15 @@ def test_unknown_model_is_a_404(client):
     with pytest.raises(openai.NotFoundError, match="does not exist here") as info:
         client.chat.completions.create(model="gpt-4o", messages=_user())
     assert info.value.code == "model_not_found" and info.value.param == "model"
+
+
+def test_readme_client_example_runs(base_url, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    example = re.search(r"From Python:\n\n```python\n(.*?)```", readme, re.S).group(1)
+    assert 'base_url="http://127.0.0.1:8000/v1"' in example
+    make_sample_images(tmp_path / "artifacts" / "demo-images")
+    done = subprocess.run([sys.executable, "-c", example.replace("http://127.0.0.1:8000", base_url)], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "CompletionUsage(completion_tokens=" in done.stdout

@@ -8,10 +8,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from jobs.bench import generate_bench  # noqa: E402
+from jobs.bench import generate_bench, serve_bench  # noqa: E402
 
 BENCHMARKS = {
     "generate": (generate_bench, "batched generation vs plain generate one request at a time"),
+    "serve": (serve_bench, "the OpenAI server: 1, 4, 16 concurrent clients; 16 concurrent vs 16 sequential"),
 }
 
 
