@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from engine.api_error import APIError, error_from_request, error_from_validation
 from engine.async_engine import AsyncEngine, GenerationError
-from engine.openai_mapping import chunk, completion, to_generation_request, usage
+from engine.openai_mapping import chunk, completion, to_generation_request, usage_of
 from engine.openai_protocol import ChatCompletion, ChatCompletionRequest, DeltaMessage, ModelCard, ModelList
 from engine.prepared_request import PreparedRequest
 from engine.request import GenerationResult, RequestError
@@ -96,11 +96,11 @@ class ChatService:
                 if delta.is_final:
                     break
                 delta = await anext(deltas)
-            counts = usage(delta.num_prompt_tokens, delta.num_generated_tokens)
+            counts = usage_of(delta.num_prompt_tokens, delta.num_generated_tokens)
             # Usage goes on exactly one event: OpenAI's closing usage-only chunk when asked for, else the last.
-            yield event(finish_reason=delta.finish_reason, usage_=None if request.include_usage_chunk else counts)
+            yield event(finish_reason=delta.finish_reason, usage=None if request.include_usage_chunk else counts)
             if request.include_usage_chunk:
-                yield event(usage_=counts, has_choice=False)
+                yield event(usage=counts, has_choice=False)
             yield "data: [DONE]\n\n"
         except GenerationError as exc:
             yield f"data: {json.dumps(_failed(exc.result).body())}\n\n"  # OpenAI's clients raise on it

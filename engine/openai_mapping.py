@@ -29,7 +29,8 @@ def to_generation_request(body: ChatCompletionRequest, request_id: str) -> Gener
     return parse_request({"id": request_id, "messages": messages, **sampling})
 
 
-def usage(num_prompt_tokens: int, num_generated_tokens: int) -> Usage:
+def usage_of(num_prompt_tokens: int, num_generated_tokens: int) -> Usage:
+    """OpenAI's token counts."""
     return Usage(prompt_tokens=num_prompt_tokens, completion_tokens=num_generated_tokens,
                  total_tokens=num_prompt_tokens + num_generated_tokens)
 
@@ -39,12 +40,12 @@ def completion(result: GenerationResult, request_id: str, model: str, created: i
     return ChatCompletion(
         id=request_id, created=created, model=model,
         choices=[Choice(message=AssistantMessage(content=result.text), finish_reason=result.finish_reason)],
-        usage=usage(result.num_prompt_tokens, result.num_generated_tokens))
+        usage=usage_of(result.num_prompt_tokens, result.num_generated_tokens))
 
 
 def chunk(request_id: str, model: str, created: int, delta: DeltaMessage | None = None,
-          finish_reason: str | None = None, usage_: Usage | None = None, has_choice: bool = True
+          finish_reason: str | None = None, usage: Usage | None = None, has_choice: bool = True
           ) -> ChatCompletionChunk:
     """One streamed event; has_choice=False gives the closing usage-only chunk (stream_options.include_usage)."""
     choices = [ChunkChoice(delta=delta or DeltaMessage(), finish_reason=finish_reason)] if has_choice else []
-    return ChatCompletionChunk(id=request_id, created=created, model=model, choices=choices, usage=usage_)
+    return ChatCompletionChunk(id=request_id, created=created, model=model, choices=choices, usage=usage)

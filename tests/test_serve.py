@@ -30,7 +30,8 @@ def _data_url(width: int, height: int, seed: int, fmt: str = "PNG") -> str:
 
 
 def _image_message(text: str, url: str) -> dict:
-    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]}
+    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                        {"type": "text", "text": text}]}
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,8 @@ def test_image_chat(client, local, image_root):
 def test_text_chat(client, local):
     messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
                 {"role": "user", "content": "Another one?"}]
-    _check_same(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=9), local(messages, max_tokens=9))
+    _check_same(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=9),
+                local(messages, max_tokens=9))
 
 
 @pytest.mark.parametrize("messages, extra", [
