@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Protocol
 
 from engine.prepared_request import PreparedRequest
@@ -89,7 +89,7 @@ class AsyncEngine:
         finally:
             self._release(item)
 
-    async def stream(self, prepared: PreparedRequest) -> AsyncIterator[StreamDelta]:
+    async def stream(self, prepared: PreparedRequest) -> AsyncGenerator[StreamDelta, None]:
         """The request's deltas as they are generated; the last has a finish_reason. GenerationError if it fails."""
         item = self._submit(prepared, is_streaming=True)
         num_chars = 0  # text received so far: a batch retried after a failure streams from the start again

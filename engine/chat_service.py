@@ -8,7 +8,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from pydantic import ValidationError
 
@@ -80,7 +80,7 @@ class ChatService:
             raise error_from_request(exc) from None
 
     async def _events(self, request: ChatCompletionRequest, request_id: str, first: StreamDelta,
-                      deltas: AsyncIterator[StreamDelta]) -> AsyncIterator[str]:
+                      deltas: AsyncGenerator[StreamDelta, None]) -> AsyncIterator[str]:
         created = int(time.time())
 
         def event(**fields) -> str:
