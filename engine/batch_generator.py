@@ -20,6 +20,7 @@ from engine.prepared_request import PreparedRequest
 from engine.request import GenerationRequest, GenerationResult, RequestError, request_id_of
 from engine.request_preprocessor import RequestPreprocessor
 from engine.stats import PipelineStats
+from engine.token_stream import DeltaSink
 
 log = logging.getLogger(__name__)
 
@@ -67,42 +68,48 @@ class BatchGenerator:
         self.stats.wall_seconds += time.perf_counter() - start
         return results  # type: ignore[return-value]
 
-    def generate_prepared(self, prepared: Sequence[PreparedRequest]) -> list[GenerationResult]:
-        """Generate for already preprocessed requests (the batch job preprocesses on other actors)."""
+    def generate_prepared(self, prepared: Sequence[PreparedRequest],
+                          sink: DeltaSink | None = None) -> list[GenerationResult]:
+        """Generate for already preprocessed requests (the batch job preprocesses on other actors).
+
+        With a sink, every request's text is also streamed to it while it is generated."""
         start = time.perf_counter()
-        results = self._generate_all(prepared)
+        results = self._generate_all(prepared, sink)
         self._count(results)
         self.stats.wall_seconds += time.perf_counter() - start
         return results
 
-    def _generate_all(self, prepared: Sequence[PreparedRequest]) -> list[GenerationResult]:
+    def _generate_all(self, prepared: Sequence[PreparedRequest],
+                      sink: DeltaSink | None = None) -> list[GenerationResult]:
         results: list[GenerationResult | None] = [None] * len(prepared)
         items = [BatchItem(i, p.kind, p.num_prompt_tokens, p.sampling.max_tokens) for i, p in enumerate(prepared)]
         for batch_items in plan_batches(items, self.config.max_batch_tokens, self.config.max_batch_size,
                                         bucket=self.bucket):
             indices = [item.index for item in batch_items]
-            for i, result in zip(indices, self._run_batch([prepared[i] for i in indices])):
+            for i, result in zip(indices, self._run_batch([prepared[i] for i in indices], sink)):
                 results[i] = result
         return results  # type: ignore[return-value]
 
-    def _run_batch(self, batch_requests: list[PreparedRequest]) -> list[GenerationResult]:
+    def _run_batch(self, batch_requests: list[PreparedRequest],
+                   sink: DeltaSink | None = None) -> list[GenerationResult]:
         try:
-            return self._generate_batch(batch_requests)
+            return self._generate_batch(batch_requests, sink)
         except Exception as exc:
             if len(batch_requests) == 1:
                 log.exception("generation failed for request %s", batch_requests[0].request_id)
                 return [GenerationResult.failed(batch_requests[0].request_id, f"internal error: {exc}",
                                                 batch_requests[0].num_prompt_tokens)]
             log.warning("batch of %d failed (%s); retrying one request at a time", len(batch_requests), exc)
-            return [result for req in batch_requests for result in self._run_batch([req])]
+            return [result for req in batch_requests for result in self._run_batch([req], sink)]
 
-    def _generate_batch(self, batch_requests: list[PreparedRequest]) -> list[GenerationResult]:
+    def _generate_batch(self, batch_requests: list[PreparedRequest],
+                        sink: DeltaSink | None = None) -> list[GenerationResult]:
         stats = self.stats
         with stats.stage("transfer"):
             batch = collate(batch_requests, self.loaded.pad_token_id)
             on_device = self.runner.transfer(batch)
         with stats.stage("compute"):
-            sequences = self.runner.generate(on_device, batch_requests)
+            sequences = self.runner.generate(on_device, batch_requests, sink=sink)
         stats.num_batches += 1
         stats.num_batch_prompt_slots += batch.num_rows * batch.prompt_len
         stats.num_padding_tokens += batch.num_padding_tokens

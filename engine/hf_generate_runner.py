@@ -3,51 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
 
 from engine.device_profile import DeviceProfile
+from engine.generated_sequence import GeneratedSequence, finish_sequence
 from engine.generation_controls import RowSampler, RowStopper
+from engine.hf_row_streamer import RowStreamer
 from engine.model_batch import ModelBatch
-from engine.prepared_request import PreparedRequest, SamplingParams
+from engine.prepared_request import PreparedRequest
+from engine.token_stream import DeltaSink
 
 _SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
                   "math": SDPBackend.MATH}
-
-
-@dataclass(slots=True)
-class GeneratedSequence:
-    """One row's output."""
-
-    token_ids: list[int]
-    text: str
-    finish_reason: str  # stop or length
-
-
-def finish_sequence(row_ids: Sequence[int], params: SamplingParams, eos_token_ids: set[int],
-                    stopped_at: int | None, decode: Callable[[list[int]], str]) -> GeneratedSequence:
-    """Cut a row of generate's output (which pads finished rows) to what the request produced.
-
-    The row ended at the earliest of: its max_tokens, the step a stop string appeared (`stopped_at` tokens),
-    its first EOS (kept in token_ids, as generate keeps it). Stop strings are cut from the text, OpenAI style.
-    """
-    ids = list(row_ids[: params.max_tokens])
-    end, reason = len(ids), "length"
-    if stopped_at is not None and stopped_at <= end:
-        end, reason = stopped_at, "stop"
-    first_eos = next((i for i, t in enumerate(ids[:end]) if t in eos_token_ids), None)
-    if first_eos is not None:
-        end, reason = first_eos + 1, "stop"
-    ids = ids[:end]
-    text = decode(ids)
-    hits = [pos for pos in (text.find(s) for s in params.stop) if pos >= 0]
-    if hits:
-        text, reason = text[: min(hits)], "stop"
-    return GeneratedSequence(ids, text, reason)
 
 
 class HFGenerateRunner:
@@ -65,8 +36,11 @@ class HFGenerateRunner:
         """Host -> device, through pinned memory on CUDA."""
         return batch.to(self.profile.device, self.profile.dtype, pin_memory=self.profile.use_pinned_memory)
 
-    def generate(self, batch: ModelBatch, requests: Sequence[PreparedRequest]) -> list[GeneratedSequence]:
-        """Run generate on a batch already on the device; one GeneratedSequence per row."""
+    def generate(self, batch: ModelBatch, requests: Sequence[PreparedRequest],
+                 sink: DeltaSink | None = None) -> list[GeneratedSequence]:
+        """Run generate on a batch already on the device; one GeneratedSequence per row.
+
+        With a sink, each row's text is also streamed to it as it is generated (see engine/token_stream.py)."""
         params = [r.sampling for r in requests]
         config = GenerationConfig(
             max_new_tokens=max(p.max_tokens for p in params),
@@ -83,6 +57,7 @@ class HFGenerateRunner:
                 generation_config=config,
                 logits_processor=LogitsProcessorList([sampler]) if sampler.is_needed else None,
                 stopping_criteria=StoppingCriteriaList([stopper]),
+                streamer=RowStreamer(requests, self.eos_token_ids, self._decode, sink) if sink else None,
             )
         rows = output[:, batch.prompt_len:].cpu().tolist()
         return [finish_sequence(row, p, self.eos_token_ids, stopper.stopped_at[i], self._decode)

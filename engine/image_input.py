@@ -1,4 +1,5 @@
-"""Turn an image source (path, file:// or data: URL, bytes, PIL image) into a checked RGB image and its hash.
+"""Turn an image source (path, file://, data: or http(s) URL, bytes, PIL image) into a checked RGB image and its
+hash. An ImagePolicy says which sources are accepted (local files, http fetching) before anything is read.
 
 Every failure is a RequestError whose message names the problem (missing file, not an image, truncated,
 too many pixels), so the request fails alone and the rest of its batch goes on.
@@ -17,6 +18,8 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image, UnidentifiedImageError
 
+from engine.http_image_fetch import fetch_image_bytes
+from engine.image_policy import DEFAULT_IMAGE_POLICY, ImagePolicy
 from engine.request import ImageSource, RequestError
 
 # We enforce our own pixel limit before decoding; PIL's bomb check (a warning, then an error past twice its
@@ -39,8 +42,8 @@ class LoadedImage:
         return self.image.size
 
 
-def read_image_bytes(source: ImageSource, local_root: Path | None = None) -> bytes:
-    """The encoded bytes behind a path, file:// URL, data: URL or bytes (PIL images are handled by load_image)."""
+def read_image_bytes(source: ImageSource, policy: ImagePolicy = DEFAULT_IMAGE_POLICY) -> bytes:
+    """The encoded bytes behind a path, file://, data: or http(s) URL, or bytes (load_image handles PIL images)."""
     if isinstance(source, bytes):
         return source
     if not isinstance(source, str):
@@ -48,27 +51,28 @@ def read_image_bytes(source: ImageSource, local_root: Path | None = None) -> byt
     if source.startswith("data:"):
         return _decode_data_url(source)
     if source.startswith(("http://", "https://")):
-        raise RequestError(f"http(s) image URLs are not fetched here: {source[:80]} (send the image as a data: "
-                           "URL or bytes)", kind="image_url_not_allowed")
+        if not policy.allow_http:
+            raise RequestError(f"http(s) image URLs are not fetched here: {source[:80]} (send the image as a data: "
+                               "URL or bytes)", kind="image_url_not_allowed")
+        return fetch_image_bytes(source, policy.max_fetch_bytes, policy.fetch_timeout_s)
     if source.startswith("file://"):
         parsed = urlparse(source)
         path = Path(unquote(parsed.path))
     elif "://" in source[:12]:
         raise RequestError(f"unsupported image URL scheme: {source[:40]}", kind="invalid_image")
     else:
-        path = Path(source).expanduser()
-    if local_root is not None:
-        resolved, root = path.resolve(), local_root.resolve()
-        if not resolved.is_relative_to(root):
-            raise RequestError(f"image path {source} is outside the allowed folder", kind="image_path_not_allowed")
+        path = Path(source)
+    path = policy.local_path(path, source)
+    # Under a root (a server), errors name the path as the client gave it, not where the server keeps it.
+    shown = source[:200] if policy.local_root is not None else str(path)
     if not path.exists():
-        raise RequestError(f"image file not found: {path}", kind="image_not_found")
+        raise RequestError(f"image file not found: {shown}", kind="image_not_found")
     if not path.is_file():
-        raise RequestError(f"image path is not a file: {path}", kind="image_not_found")
+        raise RequestError(f"image path is not a file: {shown}", kind="image_not_found")
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise RequestError(f"cannot read image file {path}: {exc.strerror}", kind="image_not_found") from None
+        raise RequestError(f"cannot read image file {shown}: {exc.strerror}", kind="image_not_found") from None
 
 
 def _decode_data_url(url: str) -> bytes:
@@ -83,14 +87,15 @@ def _decode_data_url(url: str) -> bytes:
         raise RequestError("corrupt base64 in data: URL image", kind="corrupt_image") from None
 
 
-def load_image(source: ImageSource, max_input_pixels: int, local_root: Path | None = None) -> LoadedImage:
+def load_image(source: ImageSource, max_input_pixels: int, policy: ImagePolicy = DEFAULT_IMAGE_POLICY
+               ) -> LoadedImage:
     """Decode and check one image; RGB out. Raises RequestError with the reason."""
     if isinstance(source, Image.Image):
         _check_pixels(source.size, max_input_pixels)
         rgb = source.convert("RGB")
         digest = hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
         return LoadedImage(rgb, digest)
-    data = read_image_bytes(source, local_root)
+    data = read_image_bytes(source, policy)
     if not data:
         raise RequestError("image is empty (0 bytes)", kind="corrupt_image")
     digest = hashlib.sha256(data).hexdigest()

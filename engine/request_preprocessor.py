@@ -13,6 +13,7 @@ import numpy as np
 from transformers import ProcessorMixin
 
 from engine.image_input import LoadedImage, load_image
+from engine.image_policy import ImagePolicy
 from engine.prepared_request import PreparedRequest, SamplingParams
 from engine.request import GenerationRequest, ImageSource, RequestError, parse_request
 
@@ -21,18 +22,23 @@ class RequestPreprocessor:
     """Turns requests into model-ready token ids and image patches, one request at a time."""
 
     def __init__(self, processor: ProcessorMixin, max_model_len: int, default_max_tokens: int,
-                 max_input_pixels: int, local_image_root: Path | None = None) -> None:
+                 max_input_pixels: int, local_image_root: Path | None = None,
+                 image_policy: ImagePolicy | None = None) -> None:
+        """`image_policy` says which image sources requests may use (default: local files, anywhere or under
+        `local_image_root`; no http); give one or the other."""
+        if image_policy is not None and local_image_root is not None:
+            raise ValueError("give local_image_root or image_policy (with its local_root), not both")
         self.processor = processor
         self.max_model_len = max_model_len
         self.default_max_tokens = default_max_tokens
         self.max_input_pixels = max_input_pixels
-        self.local_image_root = local_image_root
+        self.image_policy = image_policy or ImagePolicy(local_root=local_image_root)
 
     def prepare(self, raw: GenerationRequest | dict[str, Any]) -> PreparedRequest:
         """Preprocess one request; raises RequestError (with a kind) when its input is bad."""
         request = parse_request(raw)
         hf_messages, sources = to_hf_messages(request)
-        images = [load_image(src, self.max_input_pixels, self.local_image_root) for src in sources]
+        images = [load_image(src, self.max_input_pixels, self.image_policy) for src in sources]
         text = self.processor.apply_chat_template(hf_messages, tokenize=False, add_generation_prompt=True)
         try:
             encoded = self.processor(text=[text], images=[im.image for im in images] or None, return_tensors="np")

@@ -145,10 +145,10 @@ def test_a_failing_batch_is_retried_row_by_row(tiny_loaded, tiny_config, monkeyp
     generator = BatchGenerator(tiny_loaded, tiny_config)
     real = generator.runner.generate
 
-    def flaky(batch, batch_requests):
+    def flaky(batch, batch_requests, sink=None):
         if len(batch_requests) > 1 or batch_requests[0].request_id == "2":
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(batch, batch_requests)
+        return real(batch, batch_requests, sink=sink)
 
     monkeypatch.setattr(generator.runner, "generate", flaky)
     results = generator.generate(requests)

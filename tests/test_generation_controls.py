@@ -3,7 +3,7 @@
 import torch
 
 from engine.generation_controls import RowSampler, sample_token
-from engine.hf_generate_runner import finish_sequence
+from engine.generated_sequence import finish_sequence
 from engine.prepared_request import SamplingParams
 
 EOS = {2, 0}

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from engine.image_input import load_image
+from engine.image_policy import ImagePolicy
 from engine.request import RequestError
 
 LIMIT = 36_000_000
@@ -82,6 +83,7 @@ def test_local_root_blocks_path_traversal(tmp_path):
     inside = tmp_path / "root" / "ok.png"
     inside.parent.mkdir()
     inside.write_bytes(_png_bytes())
-    assert load_image(str(inside), LIMIT, local_root=inside.parent).size == (40, 30)
-    err = _error(str(inside.parent / ".." / ".." / "etc" / "passwd"), local_root=inside.parent)
+    policy = ImagePolicy(local_root=inside.parent)
+    assert load_image(str(inside), LIMIT, policy).size == (40, 30)
+    err = _error(str(inside.parent / ".." / ".." / "etc" / "passwd"), policy=policy)
     assert err.kind == "image_path_not_allowed"
