@@ -19,9 +19,9 @@ from ray.data import ActorPoolStrategy
 from actors.batch_datasources import LINE_COLUMN, SOURCE_COLUMN, relative_source
 from actors.id_registry import DUPLICATE, SKIP
 from actors.worker_factory import WorkerResources
-from engine.batch_generator import BatchGenerator
 from engine.batch_rows import BatchRow, parse_jsonl_line, split_row
 from engine.config import EngineConfig
+from engine.generator_factory import create_generator
 from engine.model_loader import load_preprocessor, set_cpu_threads
 from engine.request import GenerationResult, RequestError, request_id_of
 
@@ -127,7 +127,7 @@ class GenerateStage:
     def __init__(self, config: EngineConfig, collector: ActorHandle, bucket: bool) -> None:
         granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         set_cpu_threads(config.num_threads or max(1, int(granted)))
-        self.generator = BatchGenerator.from_config(config, bucket=bucket)
+        self.generator = create_generator(config, bucket=bucket)
         self.collector = collector
         self.context = ray.get_runtime_context()
         self.busy_seconds = 0.0

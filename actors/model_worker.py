@@ -8,8 +8,8 @@ from typing import Any
 
 import ray
 
-from engine.batch_generator import BatchGenerator
 from engine.config import EngineConfig
+from engine.generator_factory import create_generator
 from engine.model_loader import set_cpu_threads
 from engine.request import GenerationRequest, GenerationResult
 from engine.stats import PipelineStats
@@ -24,7 +24,7 @@ class ModelWorker:
         granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         set_cpu_threads(config.num_threads or max(1, int(granted)))
         self.config = config
-        self.generator = BatchGenerator.from_config(config)
+        self.generator = create_generator(config)
 
     def generate(self, requests: list[GenerationRequest | dict[str, Any]]) -> list[GenerationResult]:
         """One result per request, in order; bad requests come back as error results."""
@@ -43,6 +43,7 @@ class ModelWorker:
             "node_id": ray.get_runtime_context().get_node_id(),
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
+            "backend": self.config.backend,
             "profile": loaded.profile.name,
             "device": loaded.profile.device,
             "dtype": loaded.profile.dtype_name,

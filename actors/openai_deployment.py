@@ -19,8 +19,8 @@ from ray.serve.config import BackpressureConfig
 
 from actors.worker_factory import WorkerResources, plan_worker_resources
 from engine.async_engine import AsyncEngine
-from engine.batch_generator import BatchGenerator
 from engine.chat_service import ChatService
+from engine.generator_factory import create_generator
 from engine.model_loader import set_cpu_threads
 from engine.openai_app import build_openai_app
 from engine.request_preprocessor import RequestPreprocessor
@@ -36,7 +36,7 @@ class OpenAIDeployment:
         granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         set_cpu_threads(max(1, int(granted)))  # Ray sets OMP_NUM_THREADS=1 in actors
         engine_config = config.engine_config()
-        generator = BatchGenerator.from_config(engine_config)
+        generator = create_generator(engine_config)
         loaded = generator.loaded
         preprocessor = RequestPreprocessor(loaded.processor, loaded.max_model_len, engine_config.default_max_tokens,
                                            engine_config.max_input_pixels, image_policy=config.image_policy())

@@ -1,8 +1,11 @@
 """AsyncEngine: concurrent asyncio callers, one generation thread. Requests wait in a bounded queue; the thread
-takes the next batch of them, generates, and sends each caller its result, or its text as it is made.
+feeds them to the generator and sends each caller its result, or its text as it is made.
 
-This is static batching: requests that arrive while a batch runs wait for the next one. A continuous-batching
-engine can take the generator's place, as long as it streams through the same DeltaSink.
+Two ways to feed, by what the generator can do:
+- a step engine (the continuous-batching engine): at every step the thread moves newly queued requests into
+  it, so a request joins the running batch at the next step and leaves it the step it ends;
+- a batch generator (static batches through transformers generate): the thread takes the next batch from the
+  queue and runs it to the end; requests that arrive meanwhile wait for the next batch.
 """
 
 from __future__ import annotations
@@ -11,10 +14,10 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncGenerator, Sequence
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from engine.prepared_request import PreparedRequest
-from engine.request import GenerationResult
+from engine.request import GenerationResult, RequestError
 from engine.request_queue import QueuedRequest, RequestQueue
 from engine.token_stream import DeltaSink, StreamDelta
 
@@ -26,6 +29,19 @@ class StreamingGenerator(Protocol):
 
     def generate_prepared(self, prepared: Sequence[PreparedRequest],
                           sink: DeltaSink | None = None) -> list[GenerationResult]: ...
+
+
+@runtime_checkable
+class StepEngine(Protocol):
+    """A generator that takes requests at any step (ContinuousBatchingEngine is one)."""
+
+    def add(self, prepared: PreparedRequest) -> Any: ...
+
+    def step(self, sink: DeltaSink | None = None) -> list[tuple[Any, GenerationResult]]: ...
+
+    def has_unfinished(self) -> bool: ...
+
+    def abort(self, handle: Any) -> None: ...
 
 
 class GenerationError(RuntimeError):
@@ -60,10 +76,13 @@ class AsyncEngine:
         self.generator = generator
         self.batch_wait_s = batch_wait_s
         self.queue = RequestQueue(max_queued_requests, max_batch_tokens, max_batch_size, retry_after_s)
+        self.max_batch_size = max_batch_size
         self._running: dict[str, _ReplyChannel] = {}  # the batch on the thread, by request id
+        self._abandoned: set[str] = set()  # request ids whose callers left while they ran (step engines)
         self._ids_in_flight: set[str] = set()
         self._ids_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="vlray-generate", daemon=True)
+        run = self._run_steps if isinstance(generator, StepEngine) else self._run_batches
+        self._thread = threading.Thread(target=run, name="vlray-generate", daemon=True)
         self._thread.start()
 
     @property
@@ -138,11 +157,50 @@ class AsyncEngine:
         return item
 
     def _release(self, item: QueuedRequest) -> None:
-        self.queue.cancel(item)  # a caller that gave up no longer holds a place in the queue
+        if not self.queue.cancel(item) and item.prepared.request_id in self._running:
+            with self._ids_lock:  # running in a step engine: the thread drops it at its next step
+                self._abandoned.add(item.prepared.request_id)
         with self._ids_lock:
             self._ids_in_flight.discard(item.prepared.request_id)
 
-    def _run(self) -> None:
+    def _run_steps(self) -> None:
+        engine: StepEngine = self.generator  # type: ignore[assignment]
+        handles: dict[str, tuple[Any, QueuedRequest]] = {}
+        while True:
+            room = max(0, self.max_batch_size - len(handles))
+            taken = self.queue.take_available(room, block=not handles)
+            if taken is None:
+                break
+            for item in taken:
+                try:
+                    handles[item.prepared.request_id] = (engine.add(item.prepared), item)
+                    self._running[item.prepared.request_id] = item.reply_to
+                except RequestError as exc:
+                    item.reply_to.post(GenerationResult.failed(item.prepared.request_id, exc))
+            with self._ids_lock:
+                abandoned, self._abandoned = self._abandoned, set()
+            for request_id in abandoned & handles.keys():
+                engine.abort(handles.pop(request_id)[0])
+                self._running.pop(request_id, None)
+            if not handles:
+                continue
+            try:
+                finished = engine.step(self._route)
+            except Exception as exc:  # a bug or out of memory: fail what runs, keep serving
+                log.exception("an engine step failed with %d requests running", len(handles))
+                for handle, item in handles.values():
+                    engine.abort(handle)
+                    item.reply_to.post(GenerationResult.failed(item.prepared.request_id, f"internal error: {exc}"))
+                handles.clear()
+                self._running.clear()
+                continue
+            for _, result in finished:
+                handle_item = handles.pop(result.id, None)
+                if handle_item is not None:
+                    handle_item[1].reply_to.post(result)
+                self._running.pop(result.id, None)
+
+    def _run_batches(self) -> None:
         while (batch := self.queue.take_batch(self.batch_wait_s)) is not None:
             self._running = {item.prepared.request_id: item.reply_to for item in batch}
             sink = self._route if any(item.reply_to.is_streaming for item in batch) else None

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 DeviceProfileName = Literal["auto", "cpu", "sm61", "modern"]
+BackendName = Literal["engine", "hf"]
 DTypeName = Literal["float32", "float16", "bfloat16"]
 
 # 1024x1024 pixels is 1024 visual tokens (32x32 pixels per token after the 2x2 merge): a 4000x3000 photo is
@@ -22,6 +23,9 @@ class EngineConfig:
 
     model: str
     """A local Hugging Face folder, or a hub id found in the local Hugging Face cache."""
+    backend: BackendName = "engine"
+    """`engine`: continuous batching over a paged KV cache; `hf`: static batches through transformers
+    `generate` (the reference every optimisation is checked against)."""
     device_profile: DeviceProfileName = "auto"
     """`auto` picks `cpu`, `sm61` (Pascal) or `modern` from the GPU found."""
     dtype: DTypeName | None = None
@@ -38,8 +42,20 @@ class EngineConfig:
     default_max_tokens: int = 256
     """max_tokens of a request that gives none."""
     max_batch_tokens: int = 8192
-    """Token budget of one model batch: rows x (longest prompt + most new tokens), padding included."""
+    """Token budget. hf: of one static batch, rows x (longest prompt + most new tokens), padding included;
+    engine: of one step, prompt tokens prefilled plus one per decoding request."""
     max_batch_size: int = 32
+    """Rows: of one static batch (hf), or decoding together (engine)."""
+    kv_cache_bytes: int | None = None
+    """engine: memory for the KV cache; None: a share of the GPU memory free after loading, or 2 GiB on CPU."""
+    kv_cache_memory_fraction: float = 0.8
+    """engine on CUDA: the share of free GPU memory the KV cache takes when kv_cache_bytes is None."""
+    block_size: int = 16
+    """engine: tokens per KV-cache block (the unit of allocation and of prefix sharing)."""
+    enable_prefix_caching: bool = True
+    """engine: requests that share a prefix (system prompt, same image) reuse its K/V."""
+    cuda_graphs: bool = True
+    """engine on CUDA: replay captured decode steps instead of launching every kernel each token."""
     num_threads: int | None = None
     """torch intra-op threads on CPU; None lets the worker use the CPUs Ray gave it."""
 
@@ -47,6 +63,9 @@ class EngineConfig:
         if not self.model:
             raise ValueError("EngineConfig.model is empty: give a local model folder or a hub id such as "
                              "Qwen/Qwen3-VL-2B-Instruct.")
+        if self.backend not in ("engine", "hf"):
+            raise ValueError(f"backend={self.backend!r}: use engine (continuous batching) or hf (transformers "
+                             "generate).")
         if self.device_profile not in ("auto", "cpu", "sm61", "modern"):
             raise ValueError(f"device_profile={self.device_profile!r}: use one of auto, cpu, sm61, modern.")
         if self.dtype not in (None, "float32", "float16", "bfloat16"):
@@ -63,6 +82,11 @@ class EngineConfig:
                                  "lower min_pixels or raise max_pixels.")
         if self.max_model_len is not None:
             _require_positive("max_model_len", self.max_model_len)
+        _require_positive("block_size", self.block_size)
+        if self.kv_cache_bytes is not None:
+            _require_positive("kv_cache_bytes", self.kv_cache_bytes)
+        if not 0.0 < self.kv_cache_memory_fraction <= 1.0:
+            raise ValueError(f"kv_cache_memory_fraction={self.kv_cache_memory_fraction} must be in (0, 1].")
         if self.num_threads is not None:
             _require_positive("num_threads", self.num_threads)
         if self.device_index < 0:

@@ -6,10 +6,12 @@ without a GPU by feeding it the numbers a GTX 1060 or an H100 would report.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from engine.config import DeviceProfileName, DTypeName
 
@@ -59,6 +61,17 @@ class DeviceProfile:
     def describe(self) -> str:
         cap = f", compute capability {self.capability[0]}.{self.capability[1]}" if self.capability else ""
         return f"{self.name} ({self.device}, {self.dtype_name}{cap})"
+
+
+_SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                  "math": SDPBackend.MATH}
+
+
+def attention_kernels(profile: DeviceProfile) -> contextlib.AbstractContextManager:
+    """A context that limits SDPA to the profile's kernels on CUDA (math and memory-efficient on Pascal)."""
+    if not profile.is_cuda:
+        return contextlib.nullcontext()
+    return sdpa_kernel([_SDPA_BACKENDS[name] for name in profile.sdpa_backends])
 
 
 def select_profile(

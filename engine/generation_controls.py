@@ -19,17 +19,16 @@ from transformers import LogitsProcessor, PreTrainedTokenizerBase, StoppingCrite
 from engine.prepared_request import SamplingParams
 
 
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-    """Draw one token id from logits [V] with temperature and nucleus (top-p) filtering."""
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """Draw one token id (a 0-d tensor, left on the device) from logits [V] with temperature and top-p."""
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
         outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        choice = torch.multinomial(sorted_probs, 1, generator=generator)
-        return int(order[choice])
-    return int(torch.multinomial(probs, 1, generator=generator))
+        return order[torch.multinomial(sorted_probs, 1, generator=generator)[0]]
+    return torch.multinomial(probs, 1, generator=generator)[0]
 
 
 class RowSampler(LogitsProcessor):

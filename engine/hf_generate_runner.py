@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
 
-from engine.device_profile import DeviceProfile
+from engine.device_profile import DeviceProfile, attention_kernels
 from engine.generated_sequence import GeneratedSequence, finish_sequence
 from engine.generation_controls import RowSampler, RowStopper
 from engine.hf_row_streamer import RowStreamer
 from engine.model_batch import ModelBatch
 from engine.prepared_request import PreparedRequest
 from engine.token_stream import DeltaSink
-
-_SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-                  "math": SDPBackend.MATH}
-
 
 class HFGenerateRunner:
     """Generates for a ModelBatch with `model.generate`: the reference path every optimised path must match."""
@@ -51,7 +45,7 @@ class HFGenerateRunner:
         )
         sampler = RowSampler(params, self.profile.device)
         stopper = RowStopper(params, batch.prompt_len, self.tokenizer)
-        with torch.inference_mode(), self._attention_kernels():
+        with torch.inference_mode(), attention_kernels(self.profile):
             output = self.model.generate(
                 **batch.model_inputs(),
                 generation_config=config,
@@ -65,8 +59,3 @@ class HFGenerateRunner:
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def _attention_kernels(self) -> contextlib.AbstractContextManager:
-        if not self.profile.is_cuda:
-            return contextlib.nullcontext()
-        return sdpa_kernel([_SDPA_BACKENDS[name] for name in self.profile.sdpa_backends])

@@ -13,6 +13,7 @@ from transformers.utils import logging as hf_logging
 
 from engine.config import EngineConfig
 from engine.device_profile import DeviceProfile, detect_profile
+from engine.fp16_residual import keep_residual_in_fp32
 from engine.model_source import model_fingerprint, resolve_model_dir
 from engine.request_preprocessor import RequestPreprocessor
 
@@ -76,6 +77,7 @@ def load_model(config: EngineConfig, profile: DeviceProfile | None = None) -> Lo
 def wrap_model(model: PreTrainedModel, processor: ProcessorMixin, profile: DeviceProfile, config: EngineConfig,
                model_dir: Path | None = None, fingerprint: str = "in-memory") -> LoadedModel:
     """A LoadedModel around objects already built (the benchmark's random full-size model, for one)."""
+    keep_residual_in_fp32(model)  # fp16 weights (Pascal) would overflow Qwen's residual stream
     tokenizer = processor.tokenizer
     eos = model.generation_config.eos_token_id
     eos_ids = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])

@@ -87,6 +87,17 @@ class RequestQueue:
                 return None
             return self._pop_next_batch()
 
+    def take_available(self, max_items: int, block: bool) -> list[QueuedRequest] | None:
+        """Up to max_items waiting requests, oldest first (a continuous engine takes them at every step);
+        with block, waits until there is one. None once closed."""
+        with self._changed:
+            while block and not self._pending and not self._is_closed:
+                self._changed.wait()
+            if self._is_closed:
+                return None
+            taken = [self._pending.popleft() for _ in range(min(max_items, len(self._pending)))]
+            return taken
+
     def close(self) -> list[QueuedRequest]:
         """Stop handing out batches; returns the requests that were still waiting."""
         with self._changed:

@@ -20,6 +20,12 @@ class ServerConfig(BaseModel):
     served_model_name: str | None = Field(
         default=None, description="The `model` clients send and /v1/models lists; default: `model` as given.")
     num_replicas: int = Field(default=1, ge=1, description="Replicas, each with its own copy of the model.")
+    backend: Literal["engine", "hf"] = Field(
+        default="engine", description="engine: continuous batching (requests join at every step); hf: static "
+                                      "batches through transformers generate (the reference).")
+    kv_cache_bytes: int | None = Field(
+        default=None, ge=1, description="engine: KV cache memory; None: most of the GPU memory left after loading "
+                                        "(2 GiB on CPU).")
     device_profile: Literal["auto", "cpu", "sm61", "modern"] = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     num_gpus_per_replica: float | None = Field(
@@ -27,7 +33,9 @@ class ServerConfig(BaseModel):
     num_cpus_per_replica: float | None = Field(
         default=None, gt=0, description="None: 1 with a GPU; without one, the cluster's CPUs shared by the replicas.")
     max_batch_size: int = Field(default=16, ge=1, description="Requests generated together at most.")
-    max_batch_tokens: int = Field(default=8192, ge=1, description="Token budget of a batch: rows x padded length.")
+    max_batch_tokens: int = Field(
+        default=8192, ge=1, description="Token budget: of an engine step (prompt tokens + one per decoding request), "
+                                        "or of an hf batch (rows x padded length).")
     max_queued_requests: int = Field(
         default=64, ge=1, description="Requests waiting per replica (and at each proxy) beyond the running batch; "
                                       "past it the server answers 429 with Retry-After.")
@@ -59,7 +67,8 @@ class ServerConfig(BaseModel):
         return EngineConfig(
             model=self.model, device_profile=self.device_profile, dtype=self.dtype, max_pixels=self.max_pixels,
             max_model_len=self.max_model_len, default_max_tokens=self.default_max_tokens,
-            max_batch_tokens=self.max_batch_tokens, max_batch_size=self.max_batch_size)
+            max_batch_tokens=self.max_batch_tokens, max_batch_size=self.max_batch_size, backend=self.backend,
+            kv_cache_bytes=self.kv_cache_bytes)
 
     def image_policy(self) -> ImagePolicy:
         return ImagePolicy.for_server(self.image_root, self.allow_http_images, self.max_image_fetch_bytes,

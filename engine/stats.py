@@ -24,6 +24,8 @@ class PipelineStats:
     num_batches: int = 0
     num_batch_prompt_slots: int = 0  # rows x padded prompt length, summed over model batches
     num_padding_tokens: int = 0
+    num_prefix_cached_tokens: int = 0  # prompt tokens whose K/V came from the prefix cache (engine)
+    num_preemptions: int = 0  # engine: sequences preempted (recomputed later) when the KV cache was full
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     wall_seconds: float = 0.0
     errors_by_kind: Counter = field(default_factory=Counter)
@@ -50,7 +52,8 @@ class PipelineStats:
         """Sum of two stats (walls add too: merge per-worker stats, then set the wall you measured)."""
         merged = PipelineStats()
         for name in ("num_requests", "num_ok", "num_failed", "num_prompt_tokens", "num_generated_tokens",
-                     "num_batches", "num_batch_prompt_slots", "num_padding_tokens", "wall_seconds"):
+                     "num_batches", "num_batch_prompt_slots", "num_padding_tokens", "num_prefix_cached_tokens",
+                     "num_preemptions", "wall_seconds"):
             setattr(merged, name, getattr(self, name) + getattr(other, name))
         for stats in (self, other):
             for stage, seconds in stats.stage_seconds.items():
@@ -70,6 +73,8 @@ class PipelineStats:
             "num_padding_tokens": self.num_padding_tokens,
             "num_batch_prompt_slots": self.num_batch_prompt_slots,
             "padding_fraction": round(self.padding_fraction, 4),
+            "num_prefix_cached_tokens": self.num_prefix_cached_tokens,
+            "num_preemptions": self.num_preemptions,
             "stage_seconds": {k: round(v, 4) for k, v in self.stage_seconds.items()},
             "wall_seconds": round(wall, 4),
             "requests_per_second": round(self.num_requests / wall, 3) if wall else 0.0,

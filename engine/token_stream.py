@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from engine.generated_sequence import finish_sequence
+from engine.generated_sequence import GeneratedSequence, finish_sequence
 from engine.incremental_detokenizer import IncrementalDetokenizer
 from engine.prepared_request import SamplingParams
 
@@ -59,6 +59,7 @@ class RequestStream:
         self.eos_token_ids = eos_token_ids
         self.decode = decode
         self.finish_reason: str | None = None
+        self.result: GeneratedSequence | None = None  # the request's whole output, once it has ended
         self._detokenizer = IncrementalDetokenizer(decode)
         self._text = ""  # whole characters decoded so far
         self._num_sent = 0  # characters of _text already released
@@ -123,6 +124,7 @@ class RequestStream:
             # Cannot happen with byte-level BPE; a decoder that rewrites earlier text would break the promise.
             log.warning("request %s: streamed text is not a prefix of its final text", self.request_id)
         self.finish_reason = final.finish_reason
+        self.result = final
         return self._delta(final.text[len(sent):] if final.text.startswith(sent) else "")
 
     def _delta(self, text: str) -> StreamDelta:

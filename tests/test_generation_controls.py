@@ -36,12 +36,12 @@ def test_eos_before_stop_string_wins():
 
 def test_sampling_is_seeded_and_respects_top_p():
     logits = torch.tensor([2.0, 1.9, 0.5, -1.0, -3.0])
-    draws = [sample_token(logits, 1.0, 1.0, torch.Generator().manual_seed(7)) for _ in range(3)]
+    draws = [int(sample_token(logits, 1.0, 1.0, torch.Generator().manual_seed(7))) for _ in range(3)]
     assert len(set(draws)) == 1  # same seed, same token
     generator = torch.Generator().manual_seed(0)
     # top_p 0.5 keeps only the most likely token (its probability alone is over 0.5 after temperature 0.1).
-    assert {sample_token(logits, 0.1, 0.5, generator) for _ in range(50)} == {0}
-    many = {sample_token(logits, 5.0, 1.0, generator) for _ in range(300)}
+    assert {int(sample_token(logits, 0.1, 0.5, generator)) for _ in range(50)} == {0}
+    many = {int(sample_token(logits, 5.0, 1.0, generator)) for _ in range(300)}
     assert len(many) >= 4  # a high temperature really samples
 
 
