@@ -60,34 +60,37 @@ class BlockManager:
 
     # -- admission --------------------------------------------------------------------------------------------
 
-    def prefix_hits(self, seq: Sequence, limit_tokens: int) -> list[int]:
-        """Block ids that hold seq's first blocks already (prefix-cache hits), up to limit_tokens."""
+    def prefix_hits(self, seq: Sequence) -> list[int]:
+        """Block ids that already hold seq's first blocks (prefix-cache hits), as many as seq may reuse: whole
+        blocks that leave a token to compute and do not end inside an image (Sequence.cacheable_prefix_limit)."""
         if not self.enable_prefix_caching:
             return []
         hits, key = [], None
         tokens = seq.token_ids
-        for index in range(limit_tokens // self.block_size):
+        for index in range(seq.cacheable_prefix_limit(self.block_size) // self.block_size):
             chunk = tuple(tokens[index * self.block_size:(index + 1) * self.block_size])
             key = block_key(key, chunk, seq.images_in_block(index, self.block_size))
             block_id = self.cached.get(key)
             if block_id is None or self.blocks[block_id].token_ids != chunk:
                 break
             hits.append(block_id)
-        return hits
+        # The match may stop inside an image (same image, other text after it): back off to a whole image.
+        usable = seq.cacheable_prefix_limit(self.block_size, at_most=len(hits) * self.block_size)
+        return hits[: usable // self.block_size]
 
-    def can_allocate(self, seq: Sequence, limit_tokens: int) -> bool:
+    def can_allocate(self, seq: Sequence) -> bool:
         """Whether seq's tokens fit now: hits on free blocks and new blocks both take from the free list."""
-        hits = self.prefix_hits(seq, limit_tokens)
+        hits = self.prefix_hits(seq)
         from_free = sum(1 for b in hits if self.blocks[b].ref_count == 0)
         return from_free + self.blocks_needed(len(seq)) - len(hits) <= self.num_free_blocks
 
-    def allocate(self, seq: Sequence, limit_tokens: int) -> None:
-        """Give seq blocks for all its tokens, reusing cached prefix blocks (at most limit_tokens' worth)."""
+    def allocate(self, seq: Sequence) -> None:
+        """Give seq blocks for all its tokens, reusing the cached blocks of its prefix."""
         if seq.block_table:
             raise RuntimeError(f"sequence {seq.seq_id} already holds blocks")
-        if not self.can_allocate(seq, limit_tokens):
+        if not self.can_allocate(seq):
             raise RuntimeError(f"not enough free blocks for sequence {seq.seq_id}")
-        hits = self.prefix_hits(seq, limit_tokens)
+        hits = self.prefix_hits(seq)
         for block_id in hits:
             self._take(block_id)
         fresh = [self._take_fresh() for _ in range(self.blocks_needed(len(seq)) - len(hits))]
@@ -132,6 +135,13 @@ class BlockManager:
                 self.free[block_id] = None
         seq.block_table = []
         seq.num_computed_tokens = 0
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (the blocks in use keep their contents); for cold-cache measurements."""
+        for block in self.blocks.values():
+            if block.ref_count == 0:
+                block.key, block.token_ids = None, ()
+        self.cached = {key: b for key, b in self.cached.items() if self.blocks[b].key == key}
 
     def slot(self, seq: Sequence, position: int) -> int:
         """The cache slot (block id x block size + offset) of a token position of seq."""

@@ -81,13 +81,12 @@ class Scheduler:
         # Nothing new joins in a step that had to preempt: the cache is full.
         while self.waiting and not step.preempted and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            limit = seq.cacheable_prefix_limit(manager.block_size)
-            if not manager.can_allocate(seq, limit):
+            if not manager.can_allocate(seq):
                 break
-            cost = len(seq) - len(manager.prefix_hits(seq, limit)) * manager.block_size
+            cost = len(seq) - len(manager.prefix_hits(seq)) * manager.block_size
             if cost > budget and not step.is_empty:  # one prompt over the budget still runs, alone
                 break
-            manager.allocate(seq, limit)
+            manager.allocate(seq)
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)

@@ -62,10 +62,13 @@ class Sequence:
     def append_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)
 
-    def cacheable_prefix_limit(self, block_size: int) -> int:
-        """Most tokens whose K/V may come from the prefix cache: whole blocks, at least one token left to compute
-        (its logits give the next token), and never a cut through an image (its encoder runs on whole images)."""
+    def cacheable_prefix_limit(self, block_size: int, at_most: int | None = None) -> int:
+        """Most tokens whose K/V may come from the prefix cache (and at most `at_most`): whole blocks, at least
+        one token left to compute (its logits give the next token), and never a cut through an image (the
+        vision encoder runs on whole images)."""
         limit = ((len(self) - 1) // block_size) * block_size
+        if at_most is not None:
+            limit = min(limit, (at_most // block_size) * block_size)
         moved = True
         while moved and limit > 0:
             moved = False

@@ -13,7 +13,7 @@ def _seq(seq_id, tokens, spans=(), max_tokens=8):
 
 
 def _admit(manager, seq):
-    manager.allocate(seq, seq.cacheable_prefix_limit(BS))
+    manager.allocate(seq)
     return seq
 
 
@@ -83,6 +83,17 @@ def test_images_are_part_of_the_key():
     assert same_cat.num_cached_tokens == 8
 
 
+def test_a_match_that_stops_inside_an_image_backs_off_to_before_it():
+    manager = BlockManager(range(1, 20), BS)
+    pad = 9
+    # The same image (tokens 2..9) followed by different text: blocks 0 and 1 match, block 2 (8..11) differs.
+    # Two hit blocks would end at 8, inside the image: the whole image is recomputed instead.
+    first = _admit(manager, _seq(0, [1, 2] + [pad] * 8 + [3, 4, 5], [ImageSpan(2, 10, "cat")]))
+    _finish_prefill(manager, first)
+    other = _admit(manager, _seq(1, [1, 2] + [pad] * 8 + [6, 7, 8], [ImageSpan(2, 10, "cat")]))
+    assert other.num_cached_tokens == 0
+
+
 def test_cached_prefix_never_cuts_through_an_image():
     seq = _seq(0, range(20), [ImageSpan(6, 14, "img")])
     # Whole blocks below 19 would be 16; 16 is past the image, fine. 12 would cut the image (6 < 12 < 14).
@@ -109,6 +120,6 @@ def test_allocate_refuses_when_full():
     manager = BlockManager(range(1, 3), BS)
     _admit(manager, _seq(0, range(8)))
     seq = _seq(1, range(50, 53))
-    assert not manager.can_allocate(seq, 0)
+    assert not manager.can_allocate(seq)
     with pytest.raises(RuntimeError, match="not enough free blocks"):
-        manager.allocate(seq, 0)
+        manager.allocate(seq)

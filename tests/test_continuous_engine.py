@@ -3,6 +3,7 @@ request: mixed images and text, requests joining while others decode, preempted 
 off; and it streams, samples by seed, stops on stop strings, and refuses what its KV cache can never hold."""
 
 import pytest
+import torch
 
 from engine.continuous_engine import ContinuousBatchingEngine
 from engine.reference import reference_generate
@@ -146,3 +147,42 @@ def test_image_prefix_reuse_skips_the_encoder(tiny_loaded, tiny_config, monkeypa
     assert len(calls) == 1  # the image's tokens came from the cache for the second and third question
     assert all(r.ok for r in first + rest)
     assert [r.token_ids for r in rest] == [reference_generate(tiny_loaded, q, 4) for q in questions[1:]]
+
+
+def test_same_image_then_different_text_reuses_only_whole_images(tiny_loaded, tiny_config, sample_images):
+    # The second prompt shares the image's tokens but not the text right after it: the cached match ends inside
+    # the image, and the engine must back off to before the image rather than cut it (a bug once: the image's
+    # last tokens were then computed without their image features). Its first-token logits must be those of a
+    # forward over the whole prompt.
+    engine = _engine(tiny_loaded, tiny_config, kv_cache_bytes=16 << 20)
+    photo = str(sample_images[3])
+    engine.generate([{"id": "q1", "prompt": "Count the shapes.", "images": [photo], "max_tokens": 8}])
+    second = {"id": "q2", "prompt": "What colours do you see?", "images": [photo], "max_tokens": 8}
+    prepared = engine.preprocessor.prepare(second)
+    seen = []
+    run = engine.prefill_runner.run
+    engine.prefill_runner.run = lambda seq, *a: seen.append((seq.num_cached_tokens, run(seq, *a))) or seen[-1][1]
+    [result] = engine.generate_prepared([prepared])
+    with torch.inference_mode():
+        full = tiny_loaded.model(
+            input_ids=torch.from_numpy(prepared.input_ids)[None],
+            mm_token_type_ids=torch.from_numpy(prepared.mm_token_type_ids)[None],
+            pixel_values=torch.from_numpy(prepared.pixel_values),
+            image_grid_thw=torch.from_numpy(prepared.image_grid_thw)).logits[0, -1]
+    torch.testing.assert_close(seen[0][1].logits, full, atol=1e-4, rtol=1e-4)
+    assert result.token_ids == reference_generate(tiny_loaded, second, 8)
+
+
+def test_a_shared_system_prompt_is_reused(tiny_loaded, tiny_config, sample_images):
+    engine = _engine(tiny_loaded, tiny_config, kv_cache_bytes=16 << 20)
+    system = {"role": "system", "content": "Be brief. " * 20}
+
+    def ask(request_id, question):
+        return {"id": request_id, "messages": [system, {"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": str(sample_images[3])}},
+            {"type": "text", "text": question}]}], "max_tokens": 8}
+
+    engine.generate([ask("s1", "One?")])
+    [result] = engine.generate([ask("s2", "Two?")])
+    assert engine.stats.num_prefix_cached_tokens >= 48  # the system prompt's whole blocks
+    assert result.token_ids == reference_generate(tiny_loaded, ask("s2", "Two?"), 8)
