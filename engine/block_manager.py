@@ -95,6 +95,7 @@ class BlockManager:
             self._take(block_id)
         fresh = [self._take_fresh() for _ in range(self.blocks_needed(len(seq)) - len(hits))]
         seq.block_table = hits + fresh
+        seq.num_keyed_blocks = len(hits)
         seq.num_cached_tokens = len(hits) * self.block_size
         seq.num_computed_tokens = seq.num_cached_tokens
         self.num_hit_tokens += seq.num_cached_tokens
@@ -111,20 +112,23 @@ class BlockManager:
             seq.block_table.append(self._take_fresh())
 
     def commit_computed(self, seq: Sequence) -> None:
-        """Register seq's full, computed blocks under their keys so later sequences can share them."""
+        """Register seq's full, computed blocks under their keys so later sequences can share them (only the
+        blocks filled since the last call: this runs for every sequence at every step)."""
         if not self.enable_prefix_caching:
             return
+        full = seq.num_computed_tokens // self.block_size
+        if full <= seq.num_keyed_blocks:
+            return
         tokens = seq.token_ids
-        key = None
-        for index in range(seq.num_computed_tokens // self.block_size):
+        key = self.blocks[seq.block_table[seq.num_keyed_blocks - 1]].key if seq.num_keyed_blocks else None
+        for index in range(seq.num_keyed_blocks, full):
             block = self.blocks[seq.block_table[index]]
-            if block.key is not None:
-                key = block.key
-                continue
-            chunk = tuple(tokens[index * self.block_size:(index + 1) * self.block_size])
-            key = block_key(key, chunk, seq.images_in_block(index, self.block_size))
-            block.key, block.token_ids = key, chunk
-            self.cached[key] = block.block_id  # a newer copy of the same content takes over the key
+            if block.key is None:
+                chunk = tuple(tokens[index * self.block_size:(index + 1) * self.block_size])
+                block.key, block.token_ids = block_key(key, chunk, seq.images_in_block(index, self.block_size)), chunk
+                self.cached[block.key] = block.block_id  # a newer copy of the same content takes over the key
+            key = block.key
+        seq.num_keyed_blocks = full
 
     def deallocate(self, seq: Sequence) -> None:
         """Release seq's blocks (last first, so a prefix outlives its tails in the LRU order)."""
@@ -135,6 +139,7 @@ class BlockManager:
                 self.free[block_id] = None
         seq.block_table = []
         seq.num_computed_tokens = 0
+        seq.num_keyed_blocks = 0
 
     def reset_prefix_cache(self) -> None:
         """Forget every cached prefix (the blocks in use keep their contents); for cold-cache measurements."""

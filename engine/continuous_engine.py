@@ -166,7 +166,7 @@ class ContinuousBatchingEngine(GeneratorBase):
         for row, seq in enumerate(seqs):
             tables[row, : len(seq.block_table)] = seq.block_table
         host = [
-            torch.tensor([s.token_ids[-1] for s in seqs]),
+            torch.tensor([s.last_token_id for s in seqs]),
             torch.tensor([len(s) - 1 + s.payload.rope_delta for s in seqs]),
             torch.tensor([manager.slot(s, len(s) - 1) for s in seqs]),
             torch.from_numpy(tables),

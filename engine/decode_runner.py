@@ -50,6 +50,12 @@ class DecodeRunner:
         context = block_tables.shape[1] * self.kv_cache.block_size
         mask = (torch.arange(context, device=input_ids.device)[None, :] < context_lens[:, None])[:, None, None, :]
 
+        if self.residual_dtype == self.dtype:  # the common case: no casts (each costs Python time per step)
+            for index, layer in enumerate(self.layers):
+                hidden = hidden + self._attention(index, layer.self_attn, layer.input_layernorm(hidden), cos, sin,
+                                                  slots, block_tables, mask)
+                hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            return self.lm_head(self.norm(hidden)).float()
         for index, layer in enumerate(self.layers):
             hidden = hidden + self._attention(index, layer.self_attn, layer.input_layernorm(hidden).to(self.dtype),
                                               cos, sin, slots, block_tables, mask).to(self.residual_dtype)

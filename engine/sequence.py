@@ -42,10 +42,15 @@ class Sequence:
     num_cached_tokens: int = 0  # of the last admission: tokens whose K/V came from the prefix cache
     num_computed_tokens: int = 0
     num_preemptions: int = 0
+    num_keyed_blocks: int = 0  # leading blocks of block_table registered in the prefix cache (BlockManager)
 
     @property
     def token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def last_token_id(self) -> int:
+        return self.output_token_ids[-1] if self.output_token_ids else self.prompt_token_ids[-1]
 
     def __len__(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
