@@ -54,7 +54,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs per model actor on CPU-only clusters")
     p.add_argument("--preprocess-workers", type=int, default=1, help="CPU actors that preprocess rows")
     p.add_argument("--window-rows", type=int, default=128, help="rows a model actor buckets together")
-    p.add_argument("--no-bucketing", action="store_true", help="batch rows in input order (for comparison)")
+    p.add_argument("--backend", default="engine", choices=["engine", "hf"],
+                   help="engine: continuous batching (default); hf: static batches through transformers generate")
+    p.add_argument("--no-bucketing", action="store_true",
+                   help="hf backend: batch rows in input order instead of by kind and length (for comparison)")
     p.add_argument("--device-profile", default="auto", choices=["auto", "cpu", "sm61", "modern"])
     p.add_argument("--limit", type=int, default=None, help="only the first N input rows")
     p.add_argument("--rows-per-shard", type=int, default=1000, help="rows per committed output shard")
@@ -70,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         kind = input_kind_of(input_path)
         check_output_writable(output_path)
-        config = EngineConfig(model=args.model, device_profile=args.device_profile, max_pixels=args.max_pixels,
-                              default_max_tokens=args.max_tokens, max_batch_tokens=args.batch_tokens)
+        config = EngineConfig(model=args.model, backend=args.backend, device_profile=args.device_profile,
+                              max_pixels=args.max_pixels, default_max_tokens=args.max_tokens,
+                              max_batch_tokens=args.batch_tokens)
         resolve_model_dir(config.model)
     except (InputError, OutputNotWritableError, ModelNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
