@@ -7,6 +7,7 @@ output exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import time
 from typing import Any
@@ -19,6 +20,7 @@ from ray.data import ActorPoolStrategy
 from actors.batch_datasources import LINE_COLUMN, SOURCE_COLUMN, relative_source
 from actors.id_registry import DUPLICATE, SKIP
 from actors.worker_factory import WorkerResources
+from engine.async_engine import AsyncEngine
 from engine.batch_rows import BatchRow, parse_jsonl_line, split_row
 from engine.config import EngineConfig
 from engine.generator_factory import create_generator
@@ -26,6 +28,7 @@ from engine.model_loader import load_preprocessor, set_cpu_threads
 from engine.request import GenerationResult, RequestError, request_id_of
 
 INPUT_JSONL, INPUT_PARQUET, INPUT_IMAGES = "jsonl", "parquet", "images"
+WINDOWS_IN_FLIGHT = 2
 
 
 def pack(rows: list[BatchRow]) -> pa.Table:
@@ -119,46 +122,72 @@ def preprocess_stage_args(config: EngineConfig, collector: ActorHandle, num_work
                 compute=ActorPoolStrategy(size=num_workers), batch_format="pyarrow", batch_size=8, num_cpus=0.5)
 
 
-# -- generate: model actors (one per GPU, or CPU workers) bucket a window of rows and generate ------------
+# -- generate: model actors (one per GPU, or CPU workers) generate windows of rows ---------------------------
 
 class GenerateStage:
-    """A ModelWorker as a Ray Data UDF: each call is a window of rows, bucketed and cut by the token budget."""
+    """A ModelWorker as a Ray Data UDF. Each call is a window of rows; windows feed one AsyncEngine, and two are
+    in flight per actor, so the next window's rows join the running batch (continuous batching) while the
+    current window's last rows finish: the model does not drain between windows. Time with no window in
+    the actor at all is the stage's wait (for preprocessing)."""
 
-    def __init__(self, config: EngineConfig, collector: ActorHandle, bucket: bool) -> None:
+    def __init__(self, config: EngineConfig, collector: ActorHandle, bucket: bool, window_rows: int) -> None:
         granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         set_cpu_threads(config.num_threads or max(1, int(granted)))
         self.generator = create_generator(config, bucket=bucket)
+        # Ray Data bounds what is in flight (tasks per actor, and up to 4 batches per task for async UDFs);
+        # the engine's queue only has to hold all of it.
+        self.engine = AsyncEngine(self.generator, config.max_batch_tokens, config.max_batch_size,
+                                  max_queued_requests=4 * WINDOWS_IN_FLIGHT * window_rows)
         self.collector = collector
         self.context = ray.get_runtime_context()
         self.busy_seconds = 0.0
         self.wait_seconds = 0.0
         self.rows = 0
-        self._last_end: float | None = None
+        self._windows = 0
+        self._busy_since = 0.0
+        self._idle_since: float | None = None  # None until the first window: start-up is not waiting
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        start = time.perf_counter()
-        if self._last_end is not None:  # time from the end of the last window to this one: waiting for input
-            self.wait_seconds += start - self._last_end
-        rows = unpack(batch)
-        todo = [row for row in rows if row.result is None]
-        for row, result in zip(todo, self.generator.generate_prepared([row.prepared for row in todo])):
-            row.result = result
-        for row in rows:
-            row.prepared = None  # pixel patches stay here; only results travel to the writer
-        end = time.perf_counter()
-        self.busy_seconds += end - start
-        self._last_end = end
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        self._window_starts()
+        try:
+            rows = unpack(batch)
+            todo = [row for row in rows if row.result is None]
+            results = await asyncio.gather(*(self.engine.generate(row.prepared) for row in todo))
+            for row, result in zip(todo, results):
+                row.result = result
+            for row in rows:
+                row.prepared = None  # pixel patches stay here; only results travel to the writer
+        finally:
+            self._window_ends()
         self.rows += len(rows)
         self.collector.report.remote("generate", self.context.get_actor_id(), {
             "stats": self.generator.stats, "busy_seconds": self.busy_seconds, "wait_seconds": self.wait_seconds,
             "rows": self.rows, "node_id": self.context.get_node_id()})
         return pack(rows)
 
+    def _window_starts(self) -> None:
+        now = time.perf_counter()
+        if self._windows == 0:
+            if self._idle_since is not None:
+                self.wait_seconds += now - self._idle_since
+            self._busy_since = now
+        self._windows += 1
+
+    def _window_ends(self) -> None:
+        self._windows -= 1
+        if self._windows == 0:
+            now = time.perf_counter()
+            self.busy_seconds += now - self._busy_since
+            self._idle_since = now
+
 
 def generate_stage_args(config: EngineConfig, collector: ActorHandle, bucket: bool, num_workers: int,
                         resources: WorkerResources, window_rows: int) -> dict[str, Any]:
-    """Two windows in flight per actor: the next one is queued while the current one generates."""
-    return dict(fn_constructor_kwargs=dict(config=config, collector=collector, bucket=bucket),
-                compute=ActorPoolStrategy(size=num_workers, max_tasks_in_flight_per_actor=2),
+    """Two windows in flight per actor, both running (the actor is async): one fills the engine as the other
+    drains."""
+    return dict(fn_constructor_kwargs=dict(config=config, collector=collector, bucket=bucket,
+                                           window_rows=window_rows),
+                compute=ActorPoolStrategy(size=num_workers, max_tasks_in_flight_per_actor=WINDOWS_IN_FLIGHT,
+                                          max_concurrent_calls_per_actor=WINDOWS_IN_FLIGHT),
                 batch_format="pyarrow", batch_size=window_rows,
                 num_cpus=resources.num_cpus, num_gpus=resources.num_gpus)
