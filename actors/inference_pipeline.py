@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ray
 
-from actors.worker_factory import create_model_workers, fan_out_generate
+from actors.worker_factory import create_model_workers, fan_out_generate, split_evenly
 from engine.config import EngineConfig
 from engine.request import GenerationRequest, GenerationResult
 from engine.stats import PipelineStats
+from engine.token_stream import StreamDelta
 
 
 class InferencePipeline:
@@ -34,6 +35,22 @@ class InferencePipeline:
         start = time.perf_counter()
         try:
             return fan_out_generate(self.workers, list(requests))
+        finally:
+            self._wall_seconds += time.perf_counter() - start
+
+    def stream(self, requests: Sequence[GenerationRequest | dict[str, Any]]
+               ) -> Iterator[StreamDelta | GenerationResult]:
+        """Deltas as they are made and each request's result as it ends, from all workers as they come."""
+        start = time.perf_counter()
+        try:
+            streams = [w.stream.remote(part) for w, part in zip(self.workers, split_evenly(list(requests),
+                                                                                         len(self.workers)))]
+            while streams:
+                [ready], _ = ray.wait(streams, num_returns=1)
+                try:
+                    yield ray.get(next(ready))
+                except StopIteration:
+                    streams.remove(ready)
         finally:
             self._wall_seconds += time.perf_counter() - start
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -13,6 +14,7 @@ from engine.generator_factory import create_generator
 from engine.model_loader import set_cpu_threads
 from engine.request import GenerationRequest, GenerationResult
 from engine.stats import PipelineStats
+from engine.token_stream import StreamDelta
 
 
 @ray.remote
@@ -29,6 +31,12 @@ class ModelWorker:
     def generate(self, requests: list[GenerationRequest | dict[str, Any]]) -> list[GenerationResult]:
         """One result per request, in order; bad requests come back as error results."""
         return self.generator.generate(requests)
+
+    @ray.method(num_returns="streaming")
+    def stream(self, requests: list[GenerationRequest | dict[str, Any]]) -> Iterator[StreamDelta | GenerationResult]:
+        """Text deltas as they are made and each result as its request ends: `for ref in worker.stream.remote(r)`."""
+        for event in self.generator.stream(requests):  # not `yield from`: Ray resumes with send(), lists lack it
+            yield event
 
     def stats(self) -> PipelineStats:
         return self.generator.stats

@@ -8,7 +8,9 @@ fail alone fail.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Iterator, Sequence
 
 from engine.bucketing import BatchItem, plan_batches
 from engine.config import EngineConfig
@@ -18,7 +20,7 @@ from engine.model_batch import collate
 from engine.model_loader import LoadedModel
 from engine.prepared_request import PreparedRequest
 from engine.request import GenerationResult
-from engine.token_stream import DeltaSink
+from engine.token_stream import DeltaSink, StreamDelta
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +37,29 @@ class BatchGenerator(GeneratorBase):
     def _generate_all(self, prepared: Sequence[PreparedRequest],
                       sink: DeltaSink | None = None) -> list[GenerationResult]:
         results: list[GenerationResult | None] = [None] * len(prepared)
-        items = [BatchItem(i, p.kind, p.num_prompt_tokens, p.sampling.max_tokens) for i, p in enumerate(prepared)]
-        for batch_items in plan_batches(items, self.config.max_batch_tokens, self.config.max_batch_size,
-                                        bucket=self.bucket):
-            indices = [item.index for item in batch_items]
+        for indices in self._planned_batches(prepared):
             for i, result in zip(indices, self._run_batch([prepared[i] for i in indices], sink)):
                 results[i] = result
         return results  # type: ignore[return-value]
+
+    def _stream_prepared(self, prepared: Sequence[PreparedRequest]) -> Iterator[StreamDelta | GenerationResult]:
+        """Each batch runs on a helper thread (generate blocks until a batch ends); its deltas come out here
+        as they are made, and its results when the batch ends."""
+        for indices in self._planned_batches(prepared):
+            events: queue.Queue = queue.Queue()
+            batch = [prepared[i] for i in indices]
+            worker = threading.Thread(target=lambda: events.put(self._run_batch(batch, events.put)), daemon=True)
+            worker.start()
+            while not isinstance(event := events.get(), list):
+                yield event
+            worker.join()
+            yield from event
+
+    def _planned_batches(self, prepared: Sequence[PreparedRequest]) -> Iterator[list[int]]:
+        """Indices of each model batch: by kind and length within the token budget (or in input order)."""
+        items = [BatchItem(i, p.kind, p.num_prompt_tokens, p.sampling.max_tokens) for i, p in enumerate(prepared)]
+        for batch in plan_batches(items, self.config.max_batch_tokens, self.config.max_batch_size, self.bucket):
+            yield [item.index for item in batch]
 
     def _run_batch(self, batch_requests: list[PreparedRequest],
                    sink: DeltaSink | None = None) -> list[GenerationResult]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Iterator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ from engine.request import GenerationResult, RequestError
 from engine.sampler import make_generator, sample
 from engine.scheduler import ScheduledStep, Scheduler
 from engine.sequence import ImageSpan, Sequence
-from engine.token_stream import DeltaSink, RequestStream
+from engine.token_stream import DeltaSink, RequestStream, StreamDelta
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,18 @@ class ContinuousBatchingEngine(GeneratorBase):
                 if seq.seq_id in where:
                     results[where[seq.seq_id]] = result
         return results  # type: ignore[return-value]
+
+    def _stream_prepared(self, prepared: Seq[PreparedRequest]) -> Iterator[StreamDelta | GenerationResult]:
+        for request in prepared:
+            try:
+                self.add(request)
+            except RequestError as exc:
+                yield GenerationResult.failed(request.request_id, exc, request.num_prompt_tokens)
+        while self.has_unfinished():
+            deltas: list[StreamDelta] = []
+            finished = self.step(deltas.append)
+            yield from deltas
+            yield from (result for _, result in finished)
 
     # -- internals --------------------------------------------------------------------------------------------
 

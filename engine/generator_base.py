@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from engine.config import EngineConfig
@@ -18,7 +18,7 @@ from engine.prepared_request import PreparedRequest
 from engine.request import GenerationRequest, GenerationResult, RequestError, request_id_of
 from engine.request_preprocessor import RequestPreprocessor
 from engine.stats import PipelineStats
-from engine.token_stream import DeltaSink
+from engine.token_stream import DeltaSink, StreamDelta
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,34 @@ class GeneratorBase(ABC):
         self._count(results)
         self.stats.wall_seconds += time.perf_counter() - start
         return results
+
+    def stream(self, requests: Sequence[GenerationRequest | dict[str, Any]]
+               ) -> Iterator[StreamDelta | GenerationResult]:
+        """Text deltas as they are made, and each request's result when it ends (a bad request: its error
+        result first). Results come in the order requests end, not the order given."""
+        start = time.perf_counter()
+        prepared: list[PreparedRequest] = []
+        failed: list[GenerationResult] = []
+        with self.stats.stage("preprocess"):
+            for raw in requests:
+                try:
+                    prepared.append(self.preprocessor.prepare(raw))
+                except RequestError as exc:
+                    failed.append(GenerationResult.failed(request_id_of(raw), exc))
+                except Exception as exc:
+                    log.exception("preprocessing request %s failed", request_id_of(raw))
+                    failed.append(GenerationResult.failed(request_id_of(raw), f"internal error: {exc}"))
+        self._count(failed)
+        yield from failed
+        for event in self._stream_prepared(prepared):
+            if isinstance(event, GenerationResult):
+                self._count([event])
+            yield event
+        self.stats.wall_seconds += time.perf_counter() - start
+
+    @abstractmethod
+    def _stream_prepared(self, prepared: Sequence[PreparedRequest]) -> Iterator[StreamDelta | GenerationResult]:
+        """Deltas while generating, each result when its request ends."""
 
     @abstractmethod
     def _generate_all(self, prepared: Sequence[PreparedRequest], sink: DeltaSink | None) -> list[GenerationResult]:

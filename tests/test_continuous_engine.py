@@ -186,3 +186,23 @@ def test_a_shared_system_prompt_is_reused(tiny_loaded, tiny_config, sample_image
     [result] = engine.generate([ask("s2", "Two?")])
     assert engine.stats.num_prefix_cached_tokens >= 48  # the system prompt's whole blocks
     assert result.token_ids == reference_generate(tiny_loaded, ask("s2", "Two?"), 8)
+
+
+@pytest.mark.parametrize("backend", ["engine", "hf"])
+def test_stream_yields_deltas_then_each_result(tiny_loaded, tiny_config, backend):
+    from engine.batch_generator import BatchGenerator
+    from engine.request import GenerationResult
+
+    config = tiny_config.with_updates(kv_cache_bytes=16 << 20)
+    generator = _engine(tiny_loaded, config) if backend == "engine" else BatchGenerator(tiny_loaded, config)
+    requests = [{"id": "a", "prompt": "Hello", "max_tokens": 5}, {"id": "bad", "prompt": ""},
+                {"id": "b", "prompt": "Tell me more.", "max_tokens": 12}]
+    events = list(generator.stream(requests))
+    results = {e.id: e for e in events if isinstance(e, GenerationResult)}
+    assert set(results) == {"a", "bad", "b"} and results["bad"].error_kind == "empty_prompt"
+    for request_id in ("a", "b"):
+        deltas = [e for e in events if not isinstance(e, GenerationResult) and e.request_id == request_id]
+        assert "".join(d.text for d in deltas) == results[request_id].text
+        assert events.index(results[request_id]) > events.index(deltas[-1])  # the result follows its deltas
+    assert results["a"].token_ids == reference_generate(tiny_loaded, requests[0], 12)
+    assert generator.stats.num_requests == 3 and generator.stats.num_failed == 1

@@ -69,3 +69,18 @@ def test_resource_plan():
 def test_split_evenly():
     assert split_evenly(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
     assert split_evenly([1], 3) == [[1]]
+
+
+def test_streaming_through_the_worker_and_the_pipeline(ray_local, tiny_config, tiny_loaded, requests_with_images):
+    from engine.request import GenerationResult
+
+    with InferencePipeline(tiny_config, num_workers=2, num_cpus_per_worker=1) as pipeline:
+        events = list(pipeline.stream(requests_with_images))
+    results = {e.id: e for e in events if isinstance(e, GenerationResult)}
+    local = {r.id: r for r in BatchGenerator(tiny_loaded, tiny_config).generate(requests_with_images)}
+    assert {k: r.token_ids for k, r in results.items()} == {k: r.token_ids for k, r in local.items()}
+    texts = {}
+    for event in events:
+        if not isinstance(event, GenerationResult):
+            texts[event.request_id] = texts.get(event.request_id, "") + event.text
+    assert all(texts.get(k, "") == r.text for k, r in results.items() if r.ok)
