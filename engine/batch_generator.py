@@ -12,14 +12,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from engine.bucketing import BatchItem, plan_batches
+from engine.cache_keys import BlobCache, processor_settings
 from engine.config import EngineConfig
 from engine.hf_generate_runner import HFGenerateRunner
-from engine.model_batch import collate
+from engine.model_batch import ModelBatch, collate
 from engine.model_loader import LoadedModel, load_model
 from engine.prepared_request import PreparedRequest
 from engine.request import GenerationRequest, GenerationResult, RequestError, request_id_of
 from engine.request_preprocessor import RequestPreprocessor
 from engine.stats import PipelineStats
+from engine.tiered_store import open_store
+from engine.vision_encoder import VisionEncoder, to_mm_encoder_outputs
+from engine.vision_encoder_cache import CachedVisionEncoder
 
 log = logging.getLogger(__name__)
 
@@ -27,21 +31,32 @@ log = logging.getLogger(__name__)
 class BatchGenerator:
     """Static batching over transformers `generate`, with per-request errors and stage statistics."""
 
-    def __init__(self, loaded: LoadedModel, config: EngineConfig, bucket: bool = True) -> None:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig, bucket: bool = True,
+                 cache: BlobCache | None = None) -> None:
+        """`cache`: where preprocessed images and encoder outputs go (a CacheActor's client, say); None opens a
+        local TieredStore as the config says, when the config caches either."""
         self.loaded = loaded
         self.config = config
         self.bucket = bucket
+        if cache is None and config.uses_content_cache:
+            cache = open_store(config)
+        self.cache = cache
         self.preprocessor = RequestPreprocessor(
-            loaded.processor, loaded.max_model_len, config.default_max_tokens, config.max_input_pixels)
+            loaded.processor, loaded.max_model_len, config.default_max_tokens, config.max_input_pixels,
+            image_cache=cache if config.uses_preprocessed_cache else None)
+        self.vision_encoder = VisionEncoder(loaded.model, loaded.profile)
+        self.encoder_cache = (
+            CachedVisionEncoder(self.vision_encoder, cache, processor_settings(loaded.processor), loaded.fingerprint)
+            if config.uses_encoder_cache and cache is not None else None)
         self.runner = HFGenerateRunner(
             loaded.model, loaded.tokenizer, loaded.profile, loaded.eos_token_ids, loaded.pad_token_id)
         self.stats = PipelineStats()
 
     @classmethod
-    def from_config(cls, config: EngineConfig) -> "BatchGenerator":
+    def from_config(cls, config: EngineConfig, cache: BlobCache | None = None) -> "BatchGenerator":
         """Load the model the config names and wrap it."""
         start = time.perf_counter()
-        generator = cls(load_model(config), config)
+        generator = cls(load_model(config), config, cache=cache)
         generator.stats.stage_seconds["load"] += time.perf_counter() - start
         return generator
 
@@ -51,6 +66,8 @@ class BatchGenerator:
         results: list[GenerationResult | None] = [None] * len(requests)
         prepared: list[PreparedRequest] = []
         where: list[int] = []
+        image_cache = self.preprocessor.image_cache
+        hits_before = image_cache.num_hits if image_cache else 0
         with self.stats.stage("preprocess"):
             for i, raw in enumerate(requests):
                 try:
@@ -61,6 +78,7 @@ class BatchGenerator:
                 except Exception as exc:  # a bug or a library error on odd input must not sink the others
                     log.exception("preprocessing request %s failed", request_id_of(raw))
                     results[i] = GenerationResult.failed(request_id_of(raw), f"internal error: {exc}")
+        self.stats.num_preprocessed_cache_hits += (image_cache.num_hits if image_cache else 0) - hits_before
         for i, result in zip(where, self._generate_all(prepared)):
             results[i] = result
         self._count(results)
@@ -100,6 +118,9 @@ class BatchGenerator:
         stats = self.stats
         with stats.stage("transfer"):
             batch = collate(batch_requests, self.loaded.pad_token_id)
+        if batch.image_grid_thw is not None:
+            self._encode_images(batch, batch_requests)
+        with stats.stage("transfer"):
             on_device = self.runner.transfer(batch)
         with stats.stage("compute"):
             sequences = self.runner.generate(on_device, batch_requests)
@@ -114,6 +135,24 @@ class BatchGenerator:
                     token_ids=seq.token_ids)
                 for req, seq in zip(batch_requests, sequences)
             ]
+
+    def _encode_images(self, batch: ModelBatch, batch_requests: list[PreparedRequest]) -> None:
+        """Encoder outputs from the cache, the misses encoded in one call; without a cache, generate encodes all."""
+        stats = self.stats
+        num_images = int(batch.image_grid_thw.shape[0])
+        stats.num_images += num_images
+        if self.encoder_cache is None:
+            stats.num_images_encoded += num_images
+            stats.num_encoder_calls += 1
+            return
+        calls, images = self.vision_encoder.num_calls, self.vision_encoder.num_images
+        with stats.stage("encode"):
+            hashes = [h for r in batch_requests for h in r.image_hashes]
+            features = self.encoder_cache.encode(batch.pixel_values, batch.image_grid_thw, hashes)
+        batch.pixel_values = None
+        batch.mm_encoder_outputs = to_mm_encoder_outputs(features)
+        stats.num_encoder_calls += self.vision_encoder.num_calls - calls
+        stats.num_images_encoded += self.vision_encoder.num_images - images
 
     def _count(self, results: Sequence[GenerationResult | None]) -> None:
         for result in results:

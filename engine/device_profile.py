@@ -6,10 +6,12 @@ without a GPU by feeding it the numbers a GTX 1060 or an H100 would report.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from engine.config import DeviceProfileName, DTypeName
 
@@ -23,6 +25,9 @@ _DTYPES: dict[str, torch.dtype] = {
 
 # What a Pascal user must install: PyTorch's CUDA 12.6 wheels are the last with sm_60/sm_61 kernels, and 2.14 the
 # last release that builds them.
+_SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                  "math": SDPBackend.MATH}
+
 PASCAL_INSTALL_HINT = (
     "pip install 'torch==2.14.1' 'torchvision==0.29.1' --index-url https://download.pytorch.org/whl/cu126"
 )
@@ -59,6 +64,12 @@ class DeviceProfile:
     def describe(self) -> str:
         cap = f", compute capability {self.capability[0]}.{self.capability[1]}" if self.capability else ""
         return f"{self.name} ({self.device}, {self.dtype_name}{cap})"
+
+    def attention_kernels(self) -> contextlib.AbstractContextManager:
+        """A context that limits SDPA to this profile's kernels (no-op on CPU)."""
+        if not self.is_cuda:
+            return contextlib.nullcontext()
+        return sdpa_kernel([_SDPA_BACKENDS[name] for name in self.sdpa_backends])
 
 
 def select_profile(

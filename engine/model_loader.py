@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin
 from transformers.image_utils import SizeDict
 from transformers.utils import logging as hf_logging
 
 from engine.config import EngineConfig
 from engine.device_profile import DeviceProfile, detect_profile
 from engine.model_source import model_fingerprint, resolve_model_dir
+from engine.weights_cache import load_pretrained, load_with_weights_cache
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,13 @@ def load_model(config: EngineConfig, profile: DeviceProfile | None = None) -> Lo
     processor = load_processor(model_dir, config.max_pixels, config.min_pixels)
     hf_logging.disable_progress_bar()
     log.info("loading %s on %s", model_dir, profile.describe())
-    model = AutoModelForImageTextToText.from_pretrained(
-        str(model_dir), dtype=profile.dtype, attn_implementation="sdpa", device_map=profile.device)
-    return wrap_model(model.eval(), processor, profile, config, model_dir, model_fingerprint(model_dir))
+    fingerprint = model_fingerprint(model_dir)
+    if config.uses_weights_cache:
+        model, how = load_with_weights_cache(model_dir, profile, config.resolved_cache_dir(), fingerprint)
+        log.info("weights %s", how)
+    else:
+        model = load_pretrained(model_dir, profile)
+    return wrap_model(model.eval(), processor, profile, config, model_dir, fingerprint)
 
 
 def wrap_model(model: PreTrainedModel, processor: ProcessorMixin, profile: DeviceProfile, config: EngineConfig,

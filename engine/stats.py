@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-STAGES = ("load", "preprocess", "transfer", "compute", "postprocess")
+STAGES = ("load", "preprocess", "transfer", "encode", "compute", "postprocess")
 
 
 @dataclass
@@ -24,6 +24,10 @@ class PipelineStats:
     num_batches: int = 0
     num_batch_prompt_slots: int = 0  # rows x padded prompt length, summed over model batches
     num_padding_tokens: int = 0
+    num_images: int = 0  # images in model batches
+    num_images_encoded: int = 0  # of those, the images the vision encoder ran on (the rest came from the cache)
+    num_encoder_calls: int = 0
+    num_preprocessed_cache_hits: int = 0  # images whose patches came from the cache, not from decoding
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     wall_seconds: float = 0.0
     errors_by_kind: Counter = field(default_factory=Counter)
@@ -50,7 +54,8 @@ class PipelineStats:
         """Sum of two stats (walls add too: merge per-worker stats, then set the wall you measured)."""
         merged = PipelineStats()
         for name in ("num_requests", "num_ok", "num_failed", "num_prompt_tokens", "num_generated_tokens",
-                     "num_batches", "num_batch_prompt_slots", "num_padding_tokens", "wall_seconds"):
+                     "num_batches", "num_batch_prompt_slots", "num_padding_tokens", "wall_seconds",
+                     "num_images", "num_images_encoded", "num_encoder_calls", "num_preprocessed_cache_hits"):
             setattr(merged, name, getattr(self, name) + getattr(other, name))
         for stats in (self, other):
             for stage, seconds in stats.stage_seconds.items():
@@ -70,6 +75,10 @@ class PipelineStats:
             "num_padding_tokens": self.num_padding_tokens,
             "num_batch_prompt_slots": self.num_batch_prompt_slots,
             "padding_fraction": round(self.padding_fraction, 4),
+            "num_images": self.num_images,
+            "num_images_encoded": self.num_images_encoded,
+            "num_encoder_calls": self.num_encoder_calls,
+            "num_preprocessed_cache_hits": self.num_preprocessed_cache_hits,
             "stage_seconds": {k: round(v, 4) for k, v in self.stage_seconds.items()},
             "wall_seconds": round(wall, 4),
             "requests_per_second": round(self.num_requests / wall, 3) if wall else 0.0,
