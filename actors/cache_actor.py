@@ -18,6 +18,9 @@ from engine.config import EngineConfig
 from engine.tiered_store import TieredStore, open_store
 
 NAMESPACE = "vlray"
+# Ray ends a named actor that is not detached once its creator drops every handle to it: the creating process
+# keeps one here for as long as it runs (the job's lifetime), whoever else looks the actor up by name.
+_held: dict[str, ActorHandle] = {}
 
 
 class ObjectStoreHot:
@@ -65,6 +68,7 @@ def get_or_create_cache_actor(config: EngineConfig) -> ActorHandle:
         options["lifetime"] = "detached"
     actor = CacheActor.options(**options).remote(config)
     ray.get(actor.stats.remote())  # surfaces a construction error here
+    _held[config.cache_actor_name] = actor
     return actor
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import RayError
+from ray.exceptions import RayActorError, RayError
 
 from actors.cache_actor import find_cache_actor
 
@@ -39,50 +39,52 @@ class CacheActorClient:
         return cls(actor, name) if actor is not None else None
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        actor = self._actor()
-        if actor is None or not keys:
+        refs = self._call("get_refs", list(keys)) if keys else None
+        if not refs:
             return {}
         try:
-            refs = ray.get(actor.get_refs.remote(list(keys)), timeout=self.timeout_s)
             values = ray.get(list(refs.values()), timeout=self.timeout_s)
-        except RayError as exc:
+        except RayError as exc:  # an object lost with its node, say
             self._lost(exc)
             return {}
         return dict(zip(refs, values))
 
     def put_many(self, items: Mapping[str, bytes]) -> None:
-        actor = self._actor()
-        if actor is None or not items:
-            return
-        try:
+        if items:
             # Waited for, so that a worker asking next (this one or another) finds what was just stored.
-            ray.get(actor.put.remote(dict(items)), timeout=self.timeout_s)
-        except RayError as exc:
-            self._lost(exc)
+            self._call("put", dict(items))
 
     def stats(self) -> dict[str, Any] | None:
         """The actor's stats, or None when it cannot be reached."""
-        actor = self._actor()
-        if actor is None:
-            return None
-        try:
-            return ray.get(actor.stats.remote(), timeout=self.timeout_s)
-        except RayError as exc:
-            self._lost(exc)
-            return None
+        return self._call("stats")
+
+    def _call(self, method: str, *args: Any) -> Any:
+        """ray.get of one actor call; None when there is no actor or it fails. An actor that died is looked up
+        again at once, so one started in its place (same name, same folder) serves this very call."""
+        for attempt in range(2):
+            actor = self._actor()
+            if actor is None:
+                return None
+            try:
+                return ray.get(getattr(actor, method).remote(*args), timeout=self.timeout_s)
+            except RayActorError as exc:
+                self._lost(exc, look_again_now=attempt == 0)
+            except RayError as exc:
+                self._lost(exc)
+                return None
+        return None
 
     def _actor(self) -> ActorHandle | None:
         if self.actor is None and time.monotonic() >= self._retry_at:
             self.actor = find_cache_actor(self.name)
             if self.actor is None:
                 self._retry_at = time.monotonic() + self.retry_s
-            else:
-                log.warning("CacheActor %r is reachable again", self.name)
         return self.actor
 
-    def _lost(self, exc: Exception) -> None:
+    def _lost(self, exc: Exception, look_again_now: bool = False) -> None:
         self.num_failures += 1
         self.actor = None
-        self._retry_at = time.monotonic() + self.retry_s
-        log.warning("CacheActor %r failed (%s: %s); going on without it, trying again in %.0f s", self.name,
-                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", self.retry_s)
+        self._retry_at = 0.0 if look_again_now else time.monotonic() + self.retry_s
+        log.warning("CacheActor %r failed (%s: %s); going on without it until it is found again (looked up by "
+                    "name every %.0f s)", self.name, type(exc).__name__, (str(exc).splitlines() or [""])[0],
+                    self.retry_s)
