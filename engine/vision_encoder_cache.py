@@ -70,6 +70,7 @@ class CachedVisionEncoder:
         pixel_values [sum of patches, patch_dim] and grid_thw [num_images, 3], as the processor made them;
         image_hashes: SHA-256 of each image's bytes (PreparedRequest.image_hashes). Without them (or with the
         wrong count) each image is keyed by its pixel patches instead, which is as exact but costs a hash.
+        `num_hits` counts the images served without encoding (a repeat within the call included).
         """
         pixel_values = torch.as_tensor(pixel_values)
         grid_thw = torch.as_tensor(grid_thw)
@@ -80,13 +81,13 @@ class CachedVisionEncoder:
         keys = [self.key(h) for h in image_hashes]
         tokens = self.encoder.tokens_per_image(grid_thw)
 
+        profile = self.encoder.profile
         features: dict[str, ImageFeatures] = {}
         unique = list(dict.fromkeys(keys))
         for key, data in self.cache.get_many(unique).items():
-            i = keys.index(key)
             try:
-                features[key] = deserialize_features(
-                    data, tokens[i], self.encoder.num_deepstack, self.encoder.profile.dtype).to(self.encoder.profile.device)
+                cached = deserialize_features(data, tokens[keys.index(key)], self.encoder.num_deepstack, profile.dtype)
+                features[key] = cached.to(profile.device)
             except ValueError as exc:
                 log.warning("cached vision-encoder output %s does not fit its image (%s); encoding again", key, exc)
 
@@ -100,6 +101,6 @@ class CachedVisionEncoder:
 
 
 def _patch_hash(patches: torch.Tensor, grid: torch.Tensor) -> str:
-    digest = hashlib.sha256(np.ascontiguousarray(patches.numpy()).tobytes())
+    digest = hashlib.sha256(patches.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     digest.update(np.asarray(grid, dtype=np.int64).tobytes())
     return "patches-" + digest.hexdigest()

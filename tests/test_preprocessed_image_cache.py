@@ -6,7 +6,6 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from engine import preprocessed_image_cache
 from engine.cache_keys import preprocessed_image_key, processor_settings

@@ -8,10 +8,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from jobs.bench import generate_bench  # noqa: E402
+from jobs.bench import cache_bench, generate_bench  # noqa: E402
 
 BENCHMARKS = {
     "generate": (generate_bench, "batched generation vs plain generate one request at a time"),
+    "cache": (cache_bench, "4 questions per image with the caches on vs off; weights-cache cold start"),
 }
 
 
