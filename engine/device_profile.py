@@ -25,9 +25,6 @@ _DTYPES: dict[str, torch.dtype] = {
 
 # What a Pascal user must install: PyTorch's CUDA 12.6 wheels are the last with sm_60/sm_61 kernels, and 2.14 the
 # last release that builds them.
-_SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-                  "math": SDPBackend.MATH}
-
 PASCAL_INSTALL_HINT = (
     "pip install 'torch==2.14.1' 'torchvision==0.29.1' --index-url https://download.pytorch.org/whl/cu126"
 )
@@ -65,11 +62,16 @@ class DeviceProfile:
         cap = f", compute capability {self.capability[0]}.{self.capability[1]}" if self.capability else ""
         return f"{self.name} ({self.device}, {self.dtype_name}{cap})"
 
-    def attention_kernels(self) -> contextlib.AbstractContextManager:
-        """A context that limits SDPA to this profile's kernels (no-op on CPU)."""
-        if not self.is_cuda:
-            return contextlib.nullcontext()
-        return sdpa_kernel([_SDPA_BACKENDS[name] for name in self.sdpa_backends])
+
+_SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                  "math": SDPBackend.MATH}
+
+
+def attention_kernels(profile: DeviceProfile) -> contextlib.AbstractContextManager:
+    """A context that limits SDPA to the profile's kernels on CUDA (math and memory-efficient on Pascal)."""
+    if not profile.is_cuda:
+        return contextlib.nullcontext()
+    return sdpa_kernel([_SDPA_BACKENDS[name] for name in profile.sdpa_backends])
 
 
 def select_profile(

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, StoppingCriteriaList
 
 from engine.device_profile import DeviceProfile
 from engine.generation_controls import RowSampler, RowStopper
 from engine.model_batch import ModelBatch
 from engine.prepared_request import PreparedRequest, SamplingParams
+
+_SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                  "math": SDPBackend.MATH}
 
 
 @dataclass(slots=True)
@@ -72,7 +77,7 @@ class HFGenerateRunner:
         )
         sampler = RowSampler(params, self.profile.device)
         stopper = RowStopper(params, batch.prompt_len, self.tokenizer)
-        with torch.inference_mode(), self.profile.attention_kernels():
+        with torch.inference_mode(), self._attention_kernels():
             output = self.model.generate(
                 **batch.model_inputs(),
                 generation_config=config,
@@ -85,3 +90,8 @@ class HFGenerateRunner:
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _attention_kernels(self) -> contextlib.AbstractContextManager:
+        if not self.profile.is_cuda:
+            return contextlib.nullcontext()
+        return sdpa_kernel([_SDPA_BACKENDS[name] for name in self.profile.sdpa_backends])

@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
-from engine.device_profile import DeviceProfile
+from engine.device_profile import DeviceProfile, attention_kernels
 
 
 @dataclass(slots=True)
@@ -58,7 +58,7 @@ class VisionEncoder:
     def encode(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> list[ImageFeatures]:
         """Features of each image, in order. pixel_values [sum of patches, patch_dim], grid_thw [num_images, 3]."""
         device = self.profile.device
-        with torch.inference_mode(), self.profile.attention_kernels():
+        with torch.inference_mode(), attention_kernels(self.profile):
             output = self.model.get_image_features(
                 pixel_values.to(device, self.profile.dtype), grid_thw.to(device), return_dict=True)
         self.num_calls += 1
