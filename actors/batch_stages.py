@@ -17,6 +17,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.data import ActorPoolStrategy
 
+from actors.cache_client import CacheActorClient
 from actors.batch_datasources import LINE_COLUMN, SOURCE_COLUMN, relative_source
 from actors.id_registry import DUPLICATE, SKIP
 from actors.worker_factory import WorkerResources
@@ -92,7 +93,9 @@ class PreprocessStage:
     """CPU actor: RequestPreprocessor over the rows that still need it."""
 
     def __init__(self, config: EngineConfig, collector: ActorHandle) -> None:
-        self.preprocessor = load_preprocessor(config)
+        # Through the job's CacheActor when caching is on: an image seen before is not decoded again.
+        cache = CacheActorClient.connect(config.cache_actor_name) if config.uses_preprocessed_cache else None
+        self.preprocessor = load_preprocessor(config, image_cache=cache)
         self.collector = collector
         self.actor_id = ray.get_runtime_context().get_actor_id()
         self.seconds = 0.0
@@ -133,7 +136,8 @@ class GenerateStage:
     def __init__(self, config: EngineConfig, collector: ActorHandle, bucket: bool, window_rows: int) -> None:
         granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         set_cpu_threads(config.num_threads or max(1, int(granted)))
-        self.generator = create_generator(config, bucket=bucket)
+        cache = CacheActorClient.connect(config.cache_actor_name) if config.uses_content_cache else None
+        self.generator = create_generator(config, bucket=bucket, cache=cache)
         # Ray Data bounds what is in flight (tasks per actor, and up to 4 batches per task for async UDFs);
         # the engine's queue only has to hold all of it.
         self.engine = AsyncEngine(self.generator, config.max_batch_tokens, config.max_batch_size,

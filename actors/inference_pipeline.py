@@ -60,7 +60,11 @@ class InferencePipeline:
         for worker_stats in ray.get([w.stats.remote() for w in self.workers]):
             merged = merged.merge(worker_stats)
         merged.wall_seconds = self._wall_seconds
-        return merged.to_dict()
+        return {**merged.to_dict(), "cache": self.cache_stats()}
+
+    def cache_stats(self) -> dict[str, Any] | None:
+        """The shared CacheActor's stats (hits and misses per tier, bytes, evictions); None when caching is off."""
+        return ray.get(self.workers[0].cache_stats.remote()) if self.workers else None
 
     def worker_info(self) -> list[dict[str, Any]]:
         return ray.get([w.info.remote() for w in self.workers])

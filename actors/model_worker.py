@@ -9,6 +9,7 @@ from typing import Any
 
 import ray
 
+from actors.cache_client import CacheActorClient
 from engine.config import EngineConfig
 from engine.generator_factory import create_generator
 from engine.model_loader import set_cpu_threads
@@ -26,7 +27,11 @@ class ModelWorker:
         granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         set_cpu_threads(config.num_threads or max(1, int(granted)))
         self.config = config
-        self.generator = create_generator(config)
+        # The shared CacheActor when one runs (the worker factory starts it); else a store in this worker.
+        self.cache_client = None
+        if config.uses_content_cache:
+            self.cache_client = CacheActorClient.connect(config.cache_actor_name)
+        self.generator = create_generator(config, cache=self.cache_client)
 
     def generate(self, requests: list[GenerationRequest | dict[str, Any]]) -> list[GenerationResult]:
         """One result per request, in order; bad requests come back as error results."""
@@ -44,6 +49,13 @@ class ModelWorker:
     def reset_stats(self) -> PipelineStats:
         return self.generator.reset_stats()
 
+    def cache_stats(self) -> dict[str, Any] | None:
+        """Stats of the cache this worker uses (the CacheActor's, or its own store's); None without one."""
+        if self.cache_client is not None:
+            return self.cache_client.stats()
+        cache = self.generator.cache
+        return cache.stats() if cache is not None else None
+
     def info(self) -> dict[str, Any]:
         """Where and how this worker runs."""
         loaded = self.generator.loaded
@@ -58,4 +70,6 @@ class ModelWorker:
             "model_dir": str(loaded.model_dir),
             "fingerprint": loaded.fingerprint,
             "max_model_len": loaded.max_model_len,
+            "cache": ("actor " + self.cache_client.name) if self.cache_client else
+                     ("local" if self.generator.cache is not None else None),
         }

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import ray
 from ray.actor import ActorHandle
 
+from actors.cache_actor import get_or_create_cache_actor
 from actors.model_worker import ModelWorker
 from engine.config import EngineConfig
 
@@ -45,6 +46,8 @@ def create_model_workers(config: EngineConfig, num_workers: int = 1,
     if num_workers < 1:
         raise ValueError("num_workers must be at least 1")
     resources = plan_worker_resources(ray.cluster_resources(), num_workers, config, num_cpus_per_worker)
+    if config.uses_content_cache:
+        get_or_create_cache_actor(config)  # before the workers, which look it up by name
     workers = [
         ModelWorker.options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus).remote(config)
         for _ in range(num_workers)

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from engine.bucketing import BatchItem, plan_batches
+from engine.cache_keys import BlobCache
 from engine.config import EngineConfig
 from engine.generator_base import GeneratorBase
 from engine.hf_generate_runner import HFGenerateRunner
@@ -21,6 +22,7 @@ from engine.model_loader import LoadedModel
 from engine.prepared_request import PreparedRequest
 from engine.request import GenerationResult
 from engine.token_stream import DeltaSink, StreamDelta
+from engine.vision_encoder import to_mm_encoder_outputs
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,9 @@ log = logging.getLogger(__name__)
 class BatchGenerator(GeneratorBase):
     """Static batching over transformers `generate`, with per-request errors and stage statistics."""
 
-    def __init__(self, loaded: LoadedModel, config: EngineConfig, bucket: bool = True) -> None:
-        super().__init__(loaded, config)
+    def __init__(self, loaded: LoadedModel, config: EngineConfig, bucket: bool = True,
+                 cache: BlobCache | None = None) -> None:
+        super().__init__(loaded, config, cache)
         self.bucket = bucket
         self.runner = HFGenerateRunner(
             loaded.model, loaded.tokenizer, loaded.profile, loaded.eos_token_ids, loaded.pad_token_id)
@@ -79,6 +82,12 @@ class BatchGenerator(GeneratorBase):
         with stats.stage("transfer"):
             batch = collate(batch_requests, self.loaded.pad_token_id)
             on_device = self.runner.transfer(batch)
+        if on_device.pixel_values is not None:
+            # Encoded ahead (through the cache when there is one) and handed to generate as mm_encoder_outputs.
+            hashes = [h for r in batch_requests for h in r.image_hashes]
+            features = self.encode_images(on_device.pixel_values, on_device.image_grid_thw, hashes)
+            on_device.pixel_values = None
+            on_device.mm_encoder_outputs = to_mm_encoder_outputs(features)
         with stats.stage("compute"):
             sequences = self.runner.generate(on_device, batch_requests, sink=sink)
         stats.num_batches += 1

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
+
+import platformdirs
 
 DeviceProfileName = Literal["auto", "cpu", "sm61", "modern"]
 BackendName = Literal["engine", "hf"]
@@ -15,6 +19,18 @@ DEFAULT_MAX_PIXELS = 1024 * 1024
 # Images above this are refused before decoding: 8000x6000 (48 MP) is an error, 6000x4000 (24 MP) is decoded
 # and resized. It bounds the memory one request can make a worker decode.
 DEFAULT_MAX_INPUT_PIXELS = 36_000_000
+GiB = 1024**3
+# An image's vision-encoder output is ~16 KiB per visual token for Qwen3-VL-2B in 16 bits (embeddings plus three
+# DeepStack layers): 1 GiB hot holds ~64 one-megapixel images, the disk tiers ~25 times that.
+DEFAULT_CACHE_HOT_BYTES = 1 * GiB
+DEFAULT_CACHE_WARM_BYTES = 8 * GiB
+DEFAULT_CACHE_COLD_BYTES = 16 * GiB
+CACHE_DIR_ENV = "VLRAY_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """$VLRAY_CACHE_DIR, else the user's cache folder (~/.cache/vlray on Linux), on the machine that asks."""
+    return Path(os.environ.get(CACHE_DIR_ENV) or platformdirs.user_cache_dir("vlray")).expanduser()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +74,26 @@ class EngineConfig:
     """engine on CUDA: replay captured decode steps instead of launching every kernel each token."""
     num_threads: int | None = None
     """torch intra-op threads on CPU; None lets the worker use the CPUs Ray gave it."""
+    cache: bool = True
+    """Master switch of every cache below (`--no-cache` sets it False)."""
+    cache_dir: str | None = None
+    """Folder of the disk tiers and the weights cache; None: default_cache_dir() on each machine."""
+    cache_encoder_outputs: bool = True
+    """Cache vision-encoder outputs (image embeddings and DeepStack features) by image content."""
+    cache_preprocessed_images: bool = True
+    """Cache preprocessed images (pixel patches and grid) by image content."""
+    cache_weights: bool = True
+    """Keep the weights converted to the device profile's dtype on disk, and load those next time."""
+    cache_hot_bytes: int = DEFAULT_CACHE_HOT_BYTES
+    """Budget of the hot tier (memory; Ray's object store under a CacheActor)."""
+    cache_warm_bytes: int = DEFAULT_CACHE_WARM_BYTES
+    """Budget of the warm tier (files under cache_dir)."""
+    cache_cold_bytes: int = DEFAULT_CACHE_COLD_BYTES
+    """Budget of the cold tier (zstd files under cache_dir)."""
+    cache_actor_name: str = "vlray-cache"
+    """Name of the CacheActor that ModelWorkers share (in Ray namespace `vlray`)."""
+    cache_actor_detached: bool = False
+    """Create the CacheActor detached, so it outlives the job that started it."""
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -91,6 +127,34 @@ class EngineConfig:
             _require_positive("num_threads", self.num_threads)
         if self.device_index < 0:
             raise ValueError(f"device_index={self.device_index} must be 0 or more.")
+        for name in ("cache_hot_bytes", "cache_warm_bytes", "cache_cold_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r} must be a whole number of bytes, 0 or more (0 turns the tier "
+                                 "off).")
+        if not self.cache_actor_name:
+            raise ValueError("cache_actor_name is empty: name the CacheActor (default vlray-cache).")
+
+    @property
+    def uses_encoder_cache(self) -> bool:
+        return self.cache and self.cache_encoder_outputs
+
+    @property
+    def uses_preprocessed_cache(self) -> bool:
+        return self.cache and self.cache_preprocessed_images
+
+    @property
+    def uses_content_cache(self) -> bool:
+        """Whether a store of images or encoder outputs is needed at all."""
+        return self.uses_encoder_cache or self.uses_preprocessed_cache
+
+    @property
+    def uses_weights_cache(self) -> bool:
+        return self.cache and self.cache_weights
+
+    def resolved_cache_dir(self) -> Path:
+        """cache_dir, or the default folder of this machine."""
+        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
 
     def with_updates(self, **changes: Any) -> "EngineConfig":
         """A copy with some fields changed (validated again)."""

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from engine.block_manager import BlockManager
+from engine.cache_keys import BlobCache
 from engine.config import EngineConfig
 from engine.device_profile import attention_kernels
 from engine.cuda_graph_decoder import CudaGraphDecoder
@@ -27,13 +28,14 @@ from engine.generator_base import GeneratorBase
 from engine.kv_cache import KVCache, KVCacheShape, kv_cache_budget
 from engine.model_loader import LoadedModel
 from engine.pixel_prefetcher import PixelPrefetcher
-from engine.prefill_runner import PrefillRunner
+from engine.prefill_runner import PrefillRunner, image_patches, images_to_encode
 from engine.prepared_request import PreparedRequest
 from engine.request import GenerationResult, RequestError
 from engine.sampler import make_generator, sample
 from engine.scheduler import ScheduledStep, Scheduler
 from engine.sequence import ImageSpan, Sequence
 from engine.token_stream import DeltaSink, RequestStream, StreamDelta
+from engine.vision_encoder import ImageFeatures
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,8 @@ class _RequestState:
 class ContinuousBatchingEngine(GeneratorBase):
     """Requests join and leave the running batch at every step; same results as `generate`, faster."""
 
-    def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
-        super().__init__(loaded, config)
+    def __init__(self, loaded: LoadedModel, config: EngineConfig, cache: BlobCache | None = None) -> None:
+        super().__init__(loaded, config, cache)
         profile = loaded.profile
         text = loaded.model.config.text_config
         shape = KVCacheShape(text.num_hidden_layers, text.num_key_value_heads, text.head_dim, config.block_size)
@@ -116,11 +118,13 @@ class ContinuousBatchingEngine(GeneratorBase):
         self.stats.num_batches += 1
         self.stats.num_preemptions += len(scheduled.preempted)
         with self.stats.stage("transfer"):
+            encode = {seq.seq_id: images_to_encode(seq) for seq in scheduled.prefills}
             pixels = {seq.seq_id: self.prefetcher.take(seq.seq_id, seq.payload.prepared.pixel_values)
-                      for seq in scheduled.prefills if seq.payload.prepared.pixel_values is not None}
+                      for seq in scheduled.prefills if encode[seq.seq_id]}
             decode_inputs = self._decode_inputs(scheduled.decodes) if scheduled.decodes else None
+        features = self._encode_prefill_images(scheduled.prefills, encode, pixels)
         with self.stats.stage("compute"), attention_kernels(self.loaded.profile), torch.inference_mode():
-            logits = self._run(scheduled, pixels, decode_inputs)
+            logits = self._run(scheduled, features, decode_inputs)
         with self.stats.stage("postprocess"):
             finished = self._postprocess(scheduled.prefills + scheduled.decodes, logits, sink)
         self._prefetch_waiting()
@@ -156,7 +160,29 @@ class ContinuousBatchingEngine(GeneratorBase):
 
     # -- internals --------------------------------------------------------------------------------------------
 
-    def _run(self, scheduled: ScheduledStep, pixels: dict[int, torch.Tensor],
+    def _encode_prefill_images(self, prefills: list[Sequence], encode: dict[int, list[int]],
+                               pixels: dict[int, torch.Tensor]) -> dict[int, list[ImageFeatures]]:
+        """Vision-encoder outputs of every image this step's prefills need, in one packed call (through the
+        encoder cache when there is one), split back per sequence."""
+        wanted = [(seq, image) for seq in prefills for image in encode[seq.seq_id]]
+        if not wanted:
+            return {}
+        parts, grids, hashes = [], [], []
+        for seq in prefills:
+            images = encode[seq.seq_id]
+            if images:
+                prepared = seq.payload.prepared
+                patches, grid = image_patches(prepared, pixels[seq.seq_id], images)
+                parts.append(patches)
+                grids.append(grid)
+                hashes += [prepared.image_hashes[i] for i in images]
+        features = iter(self.encode_images(torch.cat(parts), torch.cat(grids), hashes))
+        by_seq: dict[int, list[ImageFeatures]] = {}
+        for seq, _ in wanted:
+            by_seq.setdefault(seq.seq_id, []).append(next(features))
+        return by_seq
+
+    def _run(self, scheduled: ScheduledStep, features: dict[int, list[ImageFeatures]],
              decode_inputs: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
         """Next-token logits [prefills + decodes, V] (float32)."""
         rows = []
@@ -164,7 +190,7 @@ class ContinuousBatchingEngine(GeneratorBase):
             state: _RequestState = seq.payload
             self.stats.num_prefix_cached_tokens += seq.num_cached_tokens
             self.stats.num_batch_prompt_slots += len(seq) - seq.num_cached_tokens
-            result = self.prefill_runner.run(seq, state.prepared, pixels.get(seq.seq_id))
+            result = self.prefill_runner.run(seq, state.prepared, features.get(seq.seq_id))
             state.rope_delta = result.rope_delta
             rows.append(result.logits.unsqueeze(0))
         if decode_inputs is not None:

@@ -1,7 +1,8 @@
 """What every generation path offers ModelWorkers, the batch job and the server: requests in, results out.
 
 Subclasses (static batches through transformers generate, or the continuous-batching engine) implement only
-`_generate_all`; preprocessing, per-request errors, statistics and the load timing live here once.
+`_generate_all` and `_stream_prepared`; preprocessing (through the preprocessed-image cache), the vision
+encoder (through the encoder-output cache), per-request errors, statistics and the load timing live here once.
 """
 
 from __future__ import annotations
@@ -12,13 +13,19 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import torch
+
+from engine.cache_keys import BlobCache, processor_settings
 from engine.config import EngineConfig
 from engine.model_loader import LoadedModel, load_model
 from engine.prepared_request import PreparedRequest
 from engine.request import GenerationRequest, GenerationResult, RequestError, request_id_of
 from engine.request_preprocessor import RequestPreprocessor
 from engine.stats import PipelineStats
+from engine.tiered_store import open_store
 from engine.token_stream import DeltaSink, StreamDelta
+from engine.vision_encoder import ImageFeatures, VisionEncoder
+from engine.vision_encoder_cache import CachedVisionEncoder
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +33,21 @@ log = logging.getLogger(__name__)
 class GeneratorBase(ABC):
     """`generate(requests)` and `generate_prepared(prepared, sink)`, one result per request, in order."""
 
-    def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig, cache: BlobCache | None = None) -> None:
+        """`cache`: where preprocessed images and encoder outputs go (a CacheActor's client, say); None opens a
+        local TieredStore as the config says, when the config caches either."""
         self.loaded = loaded
         self.config = config
+        if cache is None and config.uses_content_cache:
+            cache = open_store(config)
+        self.cache = cache
         self.preprocessor = RequestPreprocessor(
-            loaded.processor, loaded.max_model_len, config.default_max_tokens, config.max_input_pixels)
+            loaded.processor, loaded.max_model_len, config.default_max_tokens, config.max_input_pixels,
+            image_cache=cache if config.uses_preprocessed_cache else None)
+        self.vision_encoder = VisionEncoder(loaded.model, loaded.profile)
+        self.encoder_cache = (
+            CachedVisionEncoder(self.vision_encoder, cache, processor_settings(loaded.processor), loaded.fingerprint)
+            if config.uses_encoder_cache and cache is not None else None)
         self.stats = PipelineStats()
 
     @classmethod
@@ -45,18 +62,13 @@ class GeneratorBase(ABC):
         """Preprocess and generate; a bad request gets an error result and the others go on."""
         start = time.perf_counter()
         results: list[GenerationResult | None] = [None] * len(requests)
-        prepared: list[PreparedRequest] = []
-        where: list[int] = []
-        with self.stats.stage("preprocess"):
-            for i, raw in enumerate(requests):
-                try:
-                    prepared.append(self.preprocessor.prepare(raw))
-                    where.append(i)
-                except RequestError as exc:
-                    results[i] = GenerationResult.failed(request_id_of(raw), exc)
-                except Exception as exc:  # a bug or a library error on odd input must not sink the others
-                    log.exception("preprocessing request %s failed", request_id_of(raw))
-                    results[i] = GenerationResult.failed(request_id_of(raw), f"internal error: {exc}")
+        prepared, where = [], []
+        for i, outcome in enumerate(self._preprocess_all(requests)):
+            if isinstance(outcome, GenerationResult):
+                results[i] = outcome
+            else:
+                prepared.append(outcome)
+                where.append(i)
         for i, result in zip(where, self._generate_all(prepared, None)):
             results[i] = result
         self._count(results)
@@ -79,24 +91,47 @@ class GeneratorBase(ABC):
         """Text deltas as they are made, and each request's result when it ends (a bad request: its error
         result first). Results come in the order requests end, not the order given."""
         start = time.perf_counter()
-        prepared: list[PreparedRequest] = []
-        failed: list[GenerationResult] = []
-        with self.stats.stage("preprocess"):
-            for raw in requests:
-                try:
-                    prepared.append(self.preprocessor.prepare(raw))
-                except RequestError as exc:
-                    failed.append(GenerationResult.failed(request_id_of(raw), exc))
-                except Exception as exc:
-                    log.exception("preprocessing request %s failed", request_id_of(raw))
-                    failed.append(GenerationResult.failed(request_id_of(raw), f"internal error: {exc}"))
+        outcomes = self._preprocess_all(requests)
+        failed = [o for o in outcomes if isinstance(o, GenerationResult)]
         self._count(failed)
         yield from failed
-        for event in self._stream_prepared(prepared):
+        for event in self._stream_prepared([o for o in outcomes if not isinstance(o, GenerationResult)]):
             if isinstance(event, GenerationResult):
                 self._count([event])
             yield event
         self.stats.wall_seconds += time.perf_counter() - start
+
+    def encode_images(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor,
+                      image_hashes: Sequence[str]) -> list[ImageFeatures]:
+        """Vision-encoder outputs of packed images (from the cache where it has them), counted in the stats."""
+        calls, images = self.vision_encoder.num_calls, self.vision_encoder.num_images
+        with self.stats.stage("encode"):
+            if self.encoder_cache is not None:
+                features = self.encoder_cache.encode(pixel_values, grid_thw, image_hashes)
+            else:
+                features = self.vision_encoder.encode(pixel_values, grid_thw)
+        self.stats.num_images += int(grid_thw.shape[0])
+        self.stats.num_encoder_calls += self.vision_encoder.num_calls - calls
+        self.stats.num_images_encoded += self.vision_encoder.num_images - images
+        return features
+
+    def _preprocess_all(self, requests: Sequence[GenerationRequest | dict[str, Any]]
+                        ) -> list[PreparedRequest | GenerationResult]:
+        """Each request prepared, or its error result."""
+        image_cache = self.preprocessor.image_cache
+        hits_before = image_cache.num_hits if image_cache else 0
+        outcomes: list[PreparedRequest | GenerationResult] = []
+        with self.stats.stage("preprocess"):
+            for raw in requests:
+                try:
+                    outcomes.append(self.preprocessor.prepare(raw))
+                except RequestError as exc:
+                    outcomes.append(GenerationResult.failed(request_id_of(raw), exc))
+                except Exception as exc:  # a bug or a library error on odd input must not sink the others
+                    log.exception("preprocessing request %s failed", request_id_of(raw))
+                    outcomes.append(GenerationResult.failed(request_id_of(raw), f"internal error: {exc}"))
+        self.stats.num_preprocessed_cache_hits += (image_cache.num_hits if image_cache else 0) - hits_before
+        return outcomes
 
     @abstractmethod
     def _stream_prepared(self, prepared: Sequence[PreparedRequest]) -> Iterator[StreamDelta | GenerationResult]:

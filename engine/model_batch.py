@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ class ModelBatch:
     pixel_values: torch.Tensor | None = None  # [sum of patches, patch_dim], rows' images in row order
     image_grid_thw: torch.Tensor | None = None  # [num_images, 3]
     num_padding_tokens: int = 0
+    # Vision-encoder outputs computed ahead (engine/vision_encoder.py), given to generate instead of pixel_values.
+    mm_encoder_outputs: dict[str, Any] | None = None
 
     @property
     def prompt_len(self) -> int:
@@ -36,7 +39,8 @@ class ModelBatch:
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         """Keyword arguments for generate/forward (image tensors only when the batch has images)."""
-        names = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+        names = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw",
+                 "mm_encoder_outputs")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     def to(self, device: torch.device | str, pixel_dtype: torch.dtype, pin_memory: bool = False) -> "ModelBatch":

@@ -7,15 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import AutoConfig, AutoProcessor, PreTrainedModel, ProcessorMixin
 from transformers.image_utils import SizeDict
 from transformers.utils import logging as hf_logging
 
+from engine.cache_keys import BlobCache
 from engine.config import EngineConfig
 from engine.device_profile import DeviceProfile, detect_profile
 from engine.fp16_residual import keep_residual_in_fp32
 from engine.model_source import model_fingerprint, resolve_model_dir
 from engine.request_preprocessor import RequestPreprocessor
+from engine.weights_cache import load_pretrained, load_with_weights_cache
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +55,15 @@ def cap_image_pixels(processor: ProcessorMixin, max_pixels: int, min_pixels: int
     processor.image_processor.size = SizeDict(longest_edge=longest, shortest_edge=shortest)
 
 
-def load_preprocessor(config: EngineConfig) -> RequestPreprocessor:
-    """The CPU side alone (processor and context length, no weights), for preprocessing actors."""
+def load_preprocessor(config: EngineConfig, image_cache: BlobCache | None = None) -> RequestPreprocessor:
+    """The CPU side alone (processor and context length, no weights), for preprocessing actors; with
+    `image_cache`, preprocessed images are looked up there first."""
     model_dir = resolve_model_dir(config.model)
     processor = load_processor(model_dir, config.max_pixels, config.min_pixels)
     context = AutoConfig.from_pretrained(str(model_dir)).text_config.max_position_embeddings
     max_model_len = min(config.max_model_len, context) if config.max_model_len else context
-    return RequestPreprocessor(processor, max_model_len, config.default_max_tokens, config.max_input_pixels)
+    return RequestPreprocessor(processor, max_model_len, config.default_max_tokens, config.max_input_pixels,
+                               image_cache=image_cache if config.uses_preprocessed_cache else None)
 
 
 def load_model(config: EngineConfig, profile: DeviceProfile | None = None) -> LoadedModel:
@@ -69,9 +73,13 @@ def load_model(config: EngineConfig, profile: DeviceProfile | None = None) -> Lo
     processor = load_processor(model_dir, config.max_pixels, config.min_pixels)
     hf_logging.disable_progress_bar()
     log.info("loading %s on %s", model_dir, profile.describe())
-    model = AutoModelForImageTextToText.from_pretrained(
-        str(model_dir), dtype=profile.dtype, attn_implementation="sdpa", device_map=profile.device)
-    return wrap_model(model.eval(), processor, profile, config, model_dir, model_fingerprint(model_dir))
+    fingerprint = model_fingerprint(model_dir)
+    if config.uses_weights_cache:
+        model, how = load_with_weights_cache(model_dir, profile, config.resolved_cache_dir(), fingerprint)
+        log.info("weights %s", how)
+    else:
+        model = load_pretrained(model_dir, profile)
+    return wrap_model(model.eval(), processor, profile, config, model_dir, fingerprint)
 
 
 def wrap_model(model: PreTrainedModel, processor: ProcessorMixin, profile: DeviceProfile, config: EngineConfig,

@@ -17,6 +17,21 @@ from transformers import DynamicCache, PreTrainedModel
 from engine.kv_cache import KVCache
 from engine.prepared_request import PreparedRequest
 from engine.sequence import Sequence
+from engine.vision_encoder import ImageFeatures, to_mm_encoder_outputs
+
+
+def images_to_encode(seq: Sequence) -> list[int]:
+    """Indices of seq's images after its cached prefix (those inside it are in the cached K/V already)."""
+    return [i for i, span in enumerate(seq.image_spans) if span.start >= seq.num_cached_tokens]
+
+
+def image_patches(prepared: PreparedRequest, pixel_values: torch.Tensor, images: list[int]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The patches and grids of the chosen images (patches are stored image after image)."""
+    grid = torch.from_numpy(prepared.image_grid_thw)
+    starts = np.cumsum([0] + grid.prod(-1).tolist())
+    patches = torch.cat([pixel_values[starts[i]:starts[i + 1]] for i in images])
+    return patches, grid[images]
 
 
 @dataclass(slots=True)
@@ -34,9 +49,10 @@ class PrefillRunner:
         self.device = torch.device(device)
         self.text_config = model.config.text_config
 
-    def run(self, seq: Sequence, prepared: PreparedRequest, pixel_values: torch.Tensor | None) -> PrefillResult:
-        """Compute seq's tokens from num_cached_tokens on; `pixel_values` are all of the request's images
-        (already on the device), of which only those after the cached prefix are encoded."""
+    def run(self, seq: Sequence, prepared: PreparedRequest, image_features: list[ImageFeatures] | None
+            ) -> PrefillResult:
+        """Compute seq's tokens from num_cached_tokens on; `image_features` are the vision-encoder outputs of
+        the images after the cached prefix (images_to_encode), in order."""
         cached, total = seq.num_cached_tokens, len(seq)
         token_ids = torch.tensor(seq.token_ids, dtype=torch.long).unsqueeze(0)  # [1, T]
         mm_types = None
@@ -56,9 +72,8 @@ class PrefillRunner:
         }
         if mm_types is not None:
             inputs["mm_token_type_ids"] = mm_types[:, cached:].to(self.device)
-            images = [i for i, span in enumerate(seq.image_spans) if span.start >= cached]
-            if images:
-                inputs["pixel_values"], inputs["image_grid_thw"] = self._image_inputs(prepared, pixel_values, images)
+            if image_features:
+                inputs["mm_encoder_outputs"] = to_mm_encoder_outputs(image_features)
         output = self.model(**inputs)
         self._store(seq, output.cache, cached, total)
         return PrefillResult(output.logits[0, -1].float(), rope_delta)
@@ -81,16 +96,6 @@ class PrefillRunner:
                 k, v = self.kv_cache.gather(layer, table)  # [1, heads, cached, dim]
                 cache.update(k.contiguous(), v.contiguous(), layer)
         return cache
-
-    @staticmethod
-    def _image_inputs(prepared: PreparedRequest, pixel_values: torch.Tensor,
-                      images: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The patches and grids of the chosen images (patches are stored image after image)."""
-        grid = torch.from_numpy(prepared.image_grid_thw)
-        sizes = grid.prod(-1).tolist()
-        starts = np.cumsum([0] + sizes)
-        patches = torch.cat([pixel_values[starts[i]:starts[i + 1]] for i in images])
-        return patches, grid[images].to(pixel_values.device)
 
     def _store(self, seq: Sequence, cache: DynamicCache, cached: int, total: int) -> None:
         block_size = self.kv_cache.block_size

@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 from transformers import ProcessorMixin
 
-from engine.image_input import LoadedImage, load_image
+from engine.cache_keys import BlobCache
+from engine.image_input import load_image
 from engine.image_policy import ImagePolicy
 from engine.prepared_request import PreparedRequest, SamplingParams
+from engine.preprocessed_image_cache import PreprocessedImageCache, tokenize_with_images
 from engine.request import GenerationRequest, ImageSource, RequestError, parse_request
 
 
@@ -23,9 +25,9 @@ class RequestPreprocessor:
 
     def __init__(self, processor: ProcessorMixin, max_model_len: int, default_max_tokens: int,
                  max_input_pixels: int, local_image_root: Path | None = None,
-                 image_policy: ImagePolicy | None = None) -> None:
+                 image_policy: ImagePolicy | None = None, image_cache: BlobCache | None = None) -> None:
         """`image_policy` says which image sources requests may use (default: local files, anywhere or under
-        `local_image_root`; no http); give one or the other."""
+        `local_image_root`; no http); give one or the other. `image_cache` keeps preprocessed images."""
         if image_policy is not None and local_image_root is not None:
             raise ValueError("give local_image_root or image_policy (with its local_root), not both")
         self.processor = processor
@@ -33,18 +35,35 @@ class RequestPreprocessor:
         self.default_max_tokens = default_max_tokens
         self.max_input_pixels = max_input_pixels
         self.image_policy = image_policy or ImagePolicy(local_root=local_image_root)
+        # With a cache, images are processed one by one through it (a hit is never decoded); without, in one call.
+        self.image_cache = (PreprocessedImageCache(processor, image_cache, max_input_pixels, self.image_policy)
+                            if image_cache is not None else None)
 
     def prepare(self, raw: GenerationRequest | dict[str, Any]) -> PreparedRequest:
         """Preprocess one request; raises RequestError (with a kind) when its input is bad."""
         request = parse_request(raw)
         hf_messages, sources = to_hf_messages(request)
-        images = [load_image(src, self.max_input_pixels, self.image_policy) for src in sources]
         text = self.processor.apply_chat_template(hf_messages, tokenize=False, add_generation_prompt=True)
-        try:
-            encoded = self.processor(text=[text], images=[im.image for im in images] or None, return_tensors="np")
-        except ValueError as exc:  # e.g. smart_resize refusing a shape
-            raise RequestError(f"image preprocessing failed: {exc}", kind="invalid_image") from None
-        input_ids = np.asarray(encoded["input_ids"][0], dtype=np.int64)
+        if self.image_cache is not None and sources:
+            images = self.image_cache.load(sources)
+            grids = np.concatenate([im.image_grid_thw for im in images])
+            input_ids, mm_types = tokenize_with_images(self.processor, text, grids)
+            pixel_values: np.ndarray | None = np.concatenate([im.pixel_values for im in images])
+            hashes = [im.content_hash for im in images]
+        else:
+            loaded = [load_image(src, self.max_input_pixels, self.image_policy) for src in sources]
+            try:
+                encoded = self.processor(text=[text], images=[im.image for im in loaded] or None,
+                                         return_tensors="np")
+            except ValueError as exc:  # e.g. smart_resize refusing a shape
+                raise RequestError(f"image preprocessing failed: {exc}", kind="invalid_image") from None
+            input_ids = np.asarray(encoded["input_ids"][0], dtype=np.int64)
+            hashes = [im.content_hash for im in loaded]
+            mm_types, pixel_values, grids = None, None, None
+            if loaded:
+                mm_types = np.asarray(encoded["mm_token_type_ids"][0], dtype=np.int32)
+                pixel_values = np.ascontiguousarray(encoded["pixel_values"], dtype=np.float32)
+                grids = np.asarray(encoded["image_grid_thw"], dtype=np.int64)
         num_tokens = int(input_ids.shape[0])
         if num_tokens >= self.max_model_len:
             raise RequestError(
@@ -55,16 +74,16 @@ class RequestPreprocessor:
             # Past the context there is no room to generate: the request ends with finish_reason "length".
             max_tokens=min(wanted, self.max_model_len - num_tokens),
             temperature=request.temperature, top_p=request.top_p, seed=request.seed, stop=list(request.stop))
-        if not images:
+        if pixel_values is None:
             return PreparedRequest(request.id, input_ids, sampling)
         return PreparedRequest(
             request_id=request.id,
             input_ids=input_ids,
             sampling=sampling,
-            mm_token_type_ids=np.asarray(encoded["mm_token_type_ids"][0], dtype=np.int32),
-            pixel_values=np.ascontiguousarray(encoded["pixel_values"], dtype=np.float32),
-            image_grid_thw=np.asarray(encoded["image_grid_thw"], dtype=np.int64),
-            image_hashes=[im.content_hash for im in images],
+            mm_token_type_ids=mm_types,
+            pixel_values=pixel_values,
+            image_grid_thw=grids,
+            image_hashes=hashes,
         )
 
 

@@ -6,10 +6,10 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-STAGES = ("load", "preprocess", "transfer", "compute", "postprocess")
+STAGES = ("load", "preprocess", "transfer", "encode", "compute", "postprocess")
 
 
 @dataclass
@@ -26,6 +26,10 @@ class PipelineStats:
     num_padding_tokens: int = 0
     num_prefix_cached_tokens: int = 0  # prompt tokens whose K/V came from the prefix cache (engine)
     num_preemptions: int = 0  # engine: sequences preempted (recomputed later) when the KV cache was full
+    num_images: int = 0  # images in model batches
+    num_images_encoded: int = 0  # of those, the images the vision encoder ran on (the rest came from the cache)
+    num_encoder_calls: int = 0
+    num_preprocessed_cache_hits: int = 0  # images whose patches came from the cache, not from decoding
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     wall_seconds: float = 0.0
     errors_by_kind: Counter = field(default_factory=Counter)
@@ -51,9 +55,7 @@ class PipelineStats:
     def merge(self, other: "PipelineStats") -> "PipelineStats":
         """Sum of two stats (walls add too: merge per-worker stats, then set the wall you measured)."""
         merged = PipelineStats()
-        for name in ("num_requests", "num_ok", "num_failed", "num_prompt_tokens", "num_generated_tokens",
-                     "num_batches", "num_batch_prompt_slots", "num_padding_tokens", "num_prefix_cached_tokens",
-                     "num_preemptions", "wall_seconds"):
+        for name in _COUNTERS:
             setattr(merged, name, getattr(self, name) + getattr(other, name))
         for stats in (self, other):
             for stage, seconds in stats.stage_seconds.items():
@@ -64,20 +66,15 @@ class PipelineStats:
     def to_dict(self) -> dict[str, Any]:
         wall = self.wall_seconds
         return {
-            "num_requests": self.num_requests,
-            "num_ok": self.num_ok,
-            "num_failed": self.num_failed,
-            "num_prompt_tokens": self.num_prompt_tokens,
-            "num_generated_tokens": self.num_generated_tokens,
-            "num_batches": self.num_batches,
-            "num_padding_tokens": self.num_padding_tokens,
-            "num_batch_prompt_slots": self.num_batch_prompt_slots,
+            **{name: getattr(self, name) for name in _COUNTERS if name != "wall_seconds"},
             "padding_fraction": round(self.padding_fraction, 4),
-            "num_prefix_cached_tokens": self.num_prefix_cached_tokens,
-            "num_preemptions": self.num_preemptions,
             "stage_seconds": {k: round(v, 4) for k, v in self.stage_seconds.items()},
             "wall_seconds": round(wall, 4),
             "requests_per_second": round(self.num_requests / wall, 3) if wall else 0.0,
             "generated_tokens_per_second": round(self.num_generated_tokens / wall, 3) if wall else 0.0,
             "errors_by_kind": dict(self.errors_by_kind),
         }
+
+
+# Every number that adds up across workers: the dataclass's int and float fields.
+_COUNTERS = tuple(f.name for f in fields(PipelineStats) if f.type in ("int", "float"))

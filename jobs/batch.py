@@ -29,6 +29,7 @@ from actors.batch_stages import (  # noqa: E402
     preprocess_stage_args,
     unpack,
 )
+from actors.cache_actor import get_or_create_cache_actor  # noqa: E402
 from actors.id_registry import IdRegistry  # noqa: E402
 from actors.stats_collector import StatsCollector  # noqa: E402
 from actors.worker_factory import plan_worker_resources  # noqa: E402
@@ -59,6 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-bucketing", action="store_true",
                    help="hf backend: batch rows in input order instead of by kind and length (for comparison)")
     p.add_argument("--device-profile", default="auto", choices=["auto", "cpu", "sm61", "modern"])
+    p.add_argument("--cache-dir", default=None, help="folder of the cache's disk tiers and converted weights "
+                   "(default: $VLRAY_CACHE_DIR or ~/.cache/vlray)")
+    p.add_argument("--no-cache", action="store_true", help="no image, encoder-output or weights caches")
     p.add_argument("--limit", type=int, default=None, help="only the first N input rows")
     p.add_argument("--rows-per-shard", type=int, default=1000, help="rows per committed output shard")
     p.add_argument("--shard-seconds", type=float, default=60.0, help="commit a shard at least this often")
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         check_output_writable(output_path)
         config = EngineConfig(model=args.model, backend=args.backend, device_profile=args.device_profile,
                               max_pixels=args.max_pixels, default_max_tokens=args.max_tokens,
-                              max_batch_tokens=args.batch_tokens)
+                              max_batch_tokens=args.batch_tokens, cache=not args.no_cache, cache_dir=args.cache_dir)
         resolve_model_dir(config.model)
     except (InputError, OutputNotWritableError, ModelNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -105,6 +109,7 @@ def run_job(args: argparse.Namespace, config: EngineConfig, kind: str, input_pat
     done_ids, done_sources = read_committed(output_path)
     registry = IdRegistry.remote(done_ids, done_sources)
     collector = StatsCollector.remote()
+    cache_actor = get_or_create_cache_actor(config) if config.uses_content_cache else None
     resources = plan_worker_resources(ray.cluster_resources(), args.num_workers, config, args.worker_cpus)
     defaults = {"prompt": args.prompt, "temperature": args.temperature}
 
@@ -134,8 +139,10 @@ def run_job(args: argparse.Namespace, config: EngineConfig, kind: str, input_pat
         progress.update(len(rows))
     writer.flush()
     progress.close()
-    return job_stats(tally, ray.get(collector.collect.remote()), ray.get(registry.counts.remote()),
-                     time.perf_counter() - start, write_seconds, writer.num_shards)
+    stats = job_stats(tally, ray.get(collector.collect.remote()), ray.get(registry.counts.remote()),
+                      time.perf_counter() - start, write_seconds, writer.num_shards)
+    stats["cache"] = ray.get(cache_actor.stats.remote()) if cache_actor is not None else None
+    return stats
 
 
 if __name__ == "__main__":

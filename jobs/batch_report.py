@@ -84,10 +84,13 @@ def job_stats(tally: ResultTally, stage_reports: dict[str, list[Any]], registry_
         "generated_tokens_per_second": round(tally.generated_tokens / wall_seconds, 3) if wall_seconds else 0.0,
         "padding_fraction": round(generation.padding_fraction, 4),
         "num_model_batches": generation.num_batches,
+        "images": generation.num_images,
+        "images_encoded": generation.num_images_encoded,
+        "prefix_cached_tokens": generation.num_prefix_cached_tokens,
         "stage_seconds": {
             "preprocess": round(sum(r["seconds"] for r in stage_reports.get("preprocess", [])), 3),
-            **{k: round(generation.stage_seconds.get(k, 0.0), 3) for k in ("load", "transfer", "compute",
-                                                                            "postprocess")},
+            **{k: round(generation.stage_seconds.get(k, 0.0), 3) for k in ("load", "transfer", "encode",
+                                                                            "compute", "postprocess")},
             "write": round(write_seconds, 3),
         },
         "generate_wait_fraction": round(waited / (waited + busy), 4) if busy + waited else 0.0,
@@ -108,10 +111,16 @@ def print_summary(stats: dict[str, Any], console: Console | None = None) -> None
                        ("prompt tokens", "prompt_tokens"), ("generated tokens", "generated_tokens"),
                        ("rows/s", "rows_per_second"), ("generated tokens/s", "generated_tokens_per_second"),
                        ("padding fraction", "padding_fraction"), ("generate wait fraction", "generate_wait_fraction"),
+                       ("images / encoded", "images"),
                        ("wall seconds", "wall_seconds")]:
-        table.add_row(label, str(stats[key]))
+        value = f"{stats['images']} / {stats['images_encoded']}" if key == "images" else str(stats[key])
+        table.add_row(label, value)
     for stage, seconds in stats["stage_seconds"].items():
         table.add_row(f"{stage} seconds", str(seconds))
+    cache = stats.get("cache")
+    if cache:
+        hits = ", ".join(f"{tier} {count}" for tier, count in cache["hits"].items())
+        table.add_row("cache hits (per tier) / misses", f"{hits} / {cache['misses']}")
     console.print(table)
     if stats["errors_by_kind"]:
         errors = ", ".join(f"{kind}: {count}" for kind, count in sorted(stats["errors_by_kind"].items()))

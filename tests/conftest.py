@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny model (built once), a loaded copy, sample images, one local Ray per session."""
+"""Shared fixtures: the tiny model (built once), a loaded copy, sample images, one local Ray per session, and a
+temporary cache folder for the whole session."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -32,6 +34,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Caches of every test (and of the Ray workers, which inherit the variable) go to a temporary folder."""
+    folder = tmp_path_factory.mktemp("vlray-cache")
+    previous = os.environ.get("VLRAY_CACHE_DIR")
+    os.environ["VLRAY_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("VLRAY_CACHE_DIR", None)
+    else:
+        os.environ["VLRAY_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

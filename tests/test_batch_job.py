@@ -145,3 +145,15 @@ def test_bad_paths_fail_at_once(tmp_path, capsys):
     assert batch_main(["--model", missing_model, "--input", str(tmp_path / "in.jsonl"),
                        "--output", str(tmp_path / "out")]) == 2
     assert "was not found" in capsys.readouterr().err
+
+
+def test_a_second_job_on_the_same_images_encodes_none_of_them(ray_local, tiny_model_dir, sample_images, tmp_path):
+    folder = sample_images[0].parent
+    code, _, first = _run(tiny_model_dir, folder, tmp_path / "first", "--prompt", "Caption this image.")
+    assert code == 0 and first["images"] == len(sample_images)
+    code, out, second = _run(tiny_model_dir, folder, tmp_path / "second", "--prompt", "What colours are there?")
+    assert code == 0 and (out["finish_reason"] != "error").all()
+    assert second["images"] == len(sample_images) and second["images_encoded"] == 0  # all from the cache
+    assert sum(second["cache"]["hits"].values()) >= len(sample_images)
+    code, _, uncached = _run(tiny_model_dir, folder, tmp_path / "third", "--prompt", "Caption.", "--no-cache")
+    assert uncached["images_encoded"] == len(sample_images) and uncached["cache"] is None

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerBase, Qwen3VLConfig
 
 from engine.config import EngineConfig
 from engine.device_profile import detect_profile
@@ -33,17 +34,20 @@ def load_bench_model(size: str, config: EngineConfig, tiny_dir: Path) -> tuple[L
     profile = detect_profile(config.device_profile, config.dtype, config.device_index)
     processor = load_processor(tiny_dir, config.max_pixels, config.min_pixels)
     tokenizer = processor.tokenizer
-    # The tiny tokenizer's ids all fit the 2B vocabulary; only the special ids must point at its tokens.
-    hf_config = load_preset_config("qwen3_vl_2b_instruct", **{
-        name: tokenizer.convert_tokens_to_ids(token) for name, token in [
-            ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-            ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]})
-    model = build_model(hf_config, device=profile.device, dtype=profile.dtype)
+    model = build_model(two_b_config(tokenizer), device=profile.device, dtype=profile.dtype)
     model.config._attn_implementation = "sdpa"
     model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     loaded = wrap_model(model, processor, profile, config, fingerprint="random-2b")
     return loaded, time.perf_counter() - start
+
+
+def two_b_config(tokenizer: PreTrainedTokenizerBase) -> Qwen3VLConfig:
+    """Qwen3-VL-2B's config with the special token ids of the tiny tokenizer (all its ids fit the 2B vocabulary)."""
+    return load_preset_config("qwen3_vl_2b_instruct", **{
+        name: tokenizer.convert_tokens_to_ids(token) for name, token in [
+            ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]})
 
 
 def set_threads(num_threads: int | None) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import random
 from typing import Any
+
+from PIL import Image
 
 from jobs.sample_images import make_image
 
@@ -37,3 +40,29 @@ def mixed_workload(num_requests: int, max_tokens: int, seed: int = 0, text_fract
             requests.append({"id": f"i{i}", "prompt": rng.choice(_PROMPTS),
                              "images": [make_image(width, height, seed=i)], "max_tokens": max_tokens})
     return requests
+
+
+def questions_per_image_workload(num_images: int, num_questions: int, max_tokens: int, seed: int = 0,
+                                 sizes: list[tuple[int, int]] | None = None) -> list[list[dict[str, Any]]]:
+    """`num_questions` rounds, each asking one question about every image (a job re-run with a new prompt).
+
+    Images are encoded bytes (PNG or JPEG), as read from files; each round visits them in its own order.
+    """
+    rng = random.Random(seed)
+    sizes = sizes or IMAGE_SIZES
+    images = [_encoded(make_image(*rng.choice(sizes), seed=seed + i), "PNG" if i % 2 else "JPEG")
+              for i in range(num_images)]
+    questions = (_PROMPTS * (num_questions // len(_PROMPTS) + 1))[:num_questions]
+    rounds = []
+    for q, question in enumerate(questions):
+        order = list(range(num_images))
+        rng.shuffle(order)  # each round in its own order, so an image comes back after shorter or longer gaps
+        rounds.append([{"id": f"q{q}-img{i}", "prompt": question, "images": [images[i]], "max_tokens": max_tokens}
+                       for i in order])
+    return rounds
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
