@@ -23,7 +23,7 @@ from engine.cache_keys import BlobCache
 from engine.config import EngineConfig
 from engine.device_profile import attention_kernels
 from engine.cuda_graph_decoder import CudaGraphDecoder
-from engine.decode_runner import DecodeRunner
+from engine.decode_runner import DecodeRunner, best_split
 from engine.generator_base import GeneratorBase
 from engine.kv_cache import KVCache, KVCacheShape, kv_cache_budget
 from engine.model_loader import LoadedModel
@@ -72,7 +72,8 @@ class ContinuousBatchingEngine(GeneratorBase):
         self.prefill_runner = PrefillRunner(loaded.model, self.kv_cache, profile.device)
         decoder = DecodeRunner(loaded.model, self.kv_cache)
         self.decode = decoder.forward
-        if profile.is_cuda and config.cuda_graphs:
+        self.graphed = profile.is_cuda and config.cuda_graphs
+        if self.graphed:
             self.decode = CudaGraphDecoder(decoder.forward, config.max_batch_size,
                                            CUDA_GRAPH_MAX_CONTEXT // config.block_size, profile.device)
         self.prefetcher = PixelPrefetcher(profile.device, profile.dtype)
@@ -121,6 +122,8 @@ class ContinuousBatchingEngine(GeneratorBase):
             encode = {seq.seq_id: images_to_encode(seq) for seq in scheduled.prefills}
             pixels = {seq.seq_id: self.prefetcher.take(seq.seq_id, seq.payload.prepared.pixel_values)
                       for seq in scheduled.prefills if encode[seq.seq_id]}
+            if not self.graphed:
+                scheduled.decodes.sort(key=len)  # for grouped attention (best_split); graphs take any order
             decode_inputs = self._decode_inputs(scheduled.decodes) if scheduled.decodes else None
         features = self._encode_prefill_images(scheduled.prefills, encode, pixels)
         with self.stats.stage("compute"), attention_kernels(self.loaded.profile), torch.inference_mode():
@@ -194,7 +197,11 @@ class ContinuousBatchingEngine(GeneratorBase):
             state.rope_delta = result.rope_delta
             rows.append(result.logits.unsqueeze(0))
         if decode_inputs is not None:
-            rows.append(self.decode(*decode_inputs))
+            if self.graphed:
+                rows.append(self.decode(*decode_inputs))
+            else:
+                blocks = [len(seq.block_table) for seq in scheduled.decodes]
+                rows.append(self.decode(*decode_inputs, split_at=best_split(blocks)))
         return torch.cat(rows)
 
     def _decode_inputs(self, seqs: list[Sequence]) -> tuple[torch.Tensor, ...]:

@@ -65,8 +65,8 @@ def _spy(engine):
         prefill_logits.append(result.logits)
         return result
 
-    def decode_spy(*args):
-        logits = decode(*args)
+    def decode_spy(*args, **kwargs):
+        logits = decode(*args, **kwargs)
         decode_logits.append(logits)
         return logits
 

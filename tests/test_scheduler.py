@@ -110,3 +110,14 @@ def test_prefix_hits_cost_no_budget():
     step = scheduler.schedule()
     assert _ids(step.prefills) == [1]
     assert twin.num_cached_tokens == 8 and step.num_tokens == 1 + 1  # one decode + one prompt token
+
+
+def test_best_split_of_decode_rows_by_context():
+    from engine.decode_runner import best_split
+
+    assert best_split([]) == 0
+    assert best_split([10]) == 0
+    assert best_split([10, 10, 11, 12]) == 0  # alike: one group
+    # Three short rows and two long: padding everyone to 40 blocks costs 200, two groups 3*4 + 2*40 = 92.
+    assert best_split([2, 3, 4, 40, 40]) == 3
+    assert best_split([2, 3, 4, 40, 40], min_saving=0.9) == 0
