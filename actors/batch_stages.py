@@ -79,12 +79,13 @@ def _parse_one(raw: dict[str, Any], input_kind: str, input_root: str, defaults: 
     return BatchRow(source, extra, request)
 
 
-def parse_stage_args(input_kind: str, input_root: str, defaults: dict[str, Any],
-                     registry: ActorHandle) -> dict[str, Any]:
-    """Light tasks (a quarter CPU): parsing is cheap, and the CPUs belong to preprocessing and generation."""
+def parse_stage_args(input_kind: str, input_root: str, defaults: dict[str, Any], registry: ActorHandle,
+                     block_rows: int) -> dict[str, Any]:
+    """Light tasks (a quarter CPU): parsing is cheap, and the CPUs belong to preprocessing and generation. One
+    block per task, so blocks stay as small as the read made them."""
     return dict(fn_kwargs=dict(input_kind=input_kind, input_root=input_root, defaults=defaults,
                                registry=registry),
-                batch_format="pyarrow", batch_size=64, num_cpus=0.25)
+                batch_format="pyarrow", batch_size=block_rows, num_cpus=0.25)
 
 
 # -- preprocess: CPU actors decode images, resize, apply the chat template, tokenize ----------------------

@@ -39,6 +39,9 @@ from engine.shard_writer import OutputNotWritableError, ShardWriter, check_outpu
 from jobs.batch_inputs import InputError, count_input_rows, input_kind_of, read_input  # noqa: E402
 from jobs.batch_report import Progress, ResultTally, job_stats, print_summary  # noqa: E402
 
+# Rows per block between stages: a preprocess task's work, and the grain in which a window is gathered.
+BLOCK_ROWS = 16
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m jobs.batch", description=__doc__,
@@ -113,17 +116,20 @@ def run_job(args: argparse.Namespace, config: EngineConfig, kind: str, input_pat
     resources = plan_worker_resources(ray.cluster_resources(), args.num_workers, config, args.worker_cpus)
     defaults = {"prompt": args.prompt, "temperature": args.temperature}
 
-    # Blocks of at most 64 rows (or a window): each stage hands on its work a block at a time.
-    dataset = read_input(input_path, kind, rows_per_block=min(64, args.window_rows))
+    # Small blocks (see read_input): a block is what flows from stage to stage, so small ones spread rows over
+    # the preprocess actors and stream results to the writer while the job runs.
+    block_rows = min(BLOCK_ROWS, args.window_rows)
+    total = count_input_rows(input_path, kind)
+    dataset = read_input(input_path, kind, rows_per_block=block_rows, total_rows=total)
     if args.limit is not None:
         dataset = dataset.limit(args.limit)
-    dataset = dataset.map_batches(parse_rows, **parse_stage_args(kind, str(input_path), defaults, registry))
+    dataset = dataset.map_batches(parse_rows, **parse_stage_args(kind, str(input_path), defaults, registry,
+                                                                 block_rows))
     dataset = dataset.map_batches(PreprocessStage, **preprocess_stage_args(config, collector,
                                                                            args.preprocess_workers))
     dataset = dataset.map_batches(GenerateStage, **generate_stage_args(
         config, collector, not args.no_bucketing, args.num_workers, resources, args.window_rows))
 
-    total = count_input_rows(input_path, kind)
     total = min(total, args.limit) if args.limit is not None else total
     progress = Progress(max(0, total - len(done_sources)))
     writer = ShardWriter(output_path, args.rows_per_shard, args.shard_seconds)
