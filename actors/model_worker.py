@@ -8,6 +8,7 @@ from typing import Any
 
 import ray
 
+from actors.metrics import VlrayMetrics
 from engine.batch_generator import BatchGenerator
 from engine.config import EngineConfig
 from engine.model_loader import set_cpu_threads
@@ -25,10 +26,13 @@ class ModelWorker:
         set_cpu_threads(config.num_threads or max(1, int(granted)))
         self.config = config
         self.generator = BatchGenerator.from_config(config)
+        self.metrics = VlrayMetrics("pipeline")
 
     def generate(self, requests: list[GenerationRequest | dict[str, Any]]) -> list[GenerationResult]:
         """One result per request, in order; bad requests come back as error results."""
-        return self.generator.generate(requests)
+        results = self.generator.generate(requests)
+        self.metrics.publish(self.generator.stats)
+        return results
 
     def stats(self) -> PipelineStats:
         return self.generator.stats

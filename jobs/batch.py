@@ -30,8 +30,8 @@ from actors.batch_stages import (  # noqa: E402
     unpack,
 )
 from actors.id_registry import IdRegistry  # noqa: E402
+from actors.placement import Placement, plan_worker_resources  # noqa: E402
 from actors.stats_collector import StatsCollector  # noqa: E402
-from actors.worker_factory import plan_worker_resources  # noqa: E402
 from engine.config import DEFAULT_MAX_PIXELS, EngineConfig  # noqa: E402
 from engine.model_source import ModelNotFoundError, resolve_model_dir  # noqa: E402
 from engine.shard_writer import OutputNotWritableError, ShardWriter, check_output_writable, read_committed  # noqa: E402
@@ -99,9 +99,10 @@ def run_job(args: argparse.Namespace, config: EngineConfig, kind: str, input_pat
     """Compose the stages, stream results into shards, and return the job's stats."""
     start = time.perf_counter()
     done_ids, done_sources = read_committed(output_path)
-    registry = IdRegistry.remote(done_ids, done_sources)
-    collector = StatsCollector.remote()
-    resources = plan_worker_resources(ray.cluster_resources(), args.num_workers, config, args.worker_cpus)
+    placement = Placement.of_cluster()
+    registry = IdRegistry.options(**placement.control_options()).remote(done_ids, done_sources)
+    collector = StatsCollector.options(**placement.control_options()).remote()
+    resources = plan_worker_resources(placement.model_node_resources(), args.num_workers, config, args.worker_cpus)
     defaults = {"prompt": args.prompt, "temperature": args.temperature}
 
     # Blocks of at most 64 rows (or a window): each stage hands on its work a block at a time.
@@ -109,10 +110,11 @@ def run_job(args: argparse.Namespace, config: EngineConfig, kind: str, input_pat
     if args.limit is not None:
         dataset = dataset.limit(args.limit)
     dataset = dataset.map_batches(parse_rows, **parse_stage_args(kind, str(input_path), defaults, registry))
-    dataset = dataset.map_batches(PreprocessStage, **preprocess_stage_args(config, collector,
-                                                                           args.preprocess_workers))
+    dataset = dataset.map_batches(PreprocessStage, **preprocess_stage_args(
+        config, collector, args.preprocess_workers, placement.preprocess_options()))
     dataset = dataset.map_batches(GenerateStage, **generate_stage_args(
-        config, collector, not args.no_bucketing, args.num_workers, resources, args.window_rows))
+        config, collector, not args.no_bucketing, args.num_workers, placement.model_options(resources),
+        args.window_rows))
 
     total = count_input_rows(input_path, kind)
     total = min(total, args.limit) if args.limit is not None else total
@@ -131,7 +133,8 @@ def run_job(args: argparse.Namespace, config: EngineConfig, kind: str, input_pat
     writer.flush()
     progress.close()
     return job_stats(tally, ray.get(collector.collect.remote()), ray.get(registry.counts.remote()),
-                     time.perf_counter() - start, write_seconds, writer.num_shards)
+                     time.perf_counter() - start, write_seconds, writer.num_shards,
+                     ray.get(collector.retries.remote()))
 
 
 if __name__ == "__main__":

@@ -64,8 +64,10 @@ class ResultTally:
 
 
 def job_stats(tally: ResultTally, stage_reports: dict[str, list[Any]], registry_counts: dict[str, int],
-              wall_seconds: float, write_seconds: float, num_shards: int) -> dict[str, Any]:
-    """The stats JSON: rows, tokens, throughput, padding, seconds per stage, generate-stage wait fraction."""
+              wall_seconds: float, write_seconds: float, num_shards: int,
+              retries: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The stats JSON: rows, tokens, throughput, padding, seconds per stage, generate-stage wait fraction,
+    and the work done again after a lost actor or node (`retries`, per actor stage)."""
     generation = PipelineStats()
     for report in stage_reports.get("generate", []):
         generation = generation.merge(report["stats"])
@@ -92,7 +94,11 @@ def job_stats(tally: ResultTally, stage_reports: dict[str, list[Any]], registry_
         },
         "generate_wait_fraction": round(waited / (waited + busy), 4) if busy + waited else 0.0,
         "errors_by_kind": dict(tally.errors_by_kind),
-        "generate_workers": [{"node_id": r["node_id"], "rows": r["rows"]} for r in stage_reports.get("generate", [])],
+        "generate_workers": [{"node_id": r["node_id"], "rows": r["rows"], "restarted": r.get("restarted", False)}
+                             for r in stage_reports.get("generate", [])],
+        "retries": {stage: {**retries.get(stage, {"windows": 0, "rows": 0}),
+                            "actor_restarts": sum(1 for r in stage_reports.get(stage, []) if r.get("restarted"))}
+                    for stage in ("preprocess", "generate")},
         "output_shards": num_shards,
     }
 
@@ -113,6 +119,11 @@ def print_summary(stats: dict[str, Any], console: Console | None = None) -> None
     for stage, seconds in stats["stage_seconds"].items():
         table.add_row(f"{stage} seconds", str(seconds))
     console.print(table)
+    retried = {stage: r for stage, r in stats["retries"].items() if r["rows"] or r["actor_restarts"]}
+    if retried:
+        console.print("done again after a lost actor or node: " + ", ".join(
+            f"{stage}: {r['rows']} rows in {r['windows']} windows, {r['actor_restarts']} actor restarts"
+            for stage, r in retried.items()))
     if stats["errors_by_kind"]:
         errors = ", ".join(f"{kind}: {count}" for kind, count in sorted(stats["errors_by_kind"].items()))
         console.print(f"errors by kind: {errors}")

@@ -1,0 +1,208 @@
+"""Several Ray nodes on one machine (ray.cluster_utils.Cluster, all on 127.0.0.1): a head labelled for
+preprocessing and two model nodes. Actors land where actors/placement.py says; the batch job's rows are generated
+on both model nodes; vlray's metrics reach each node's Prometheus endpoint; and the job survives a killed model
+actor and a lost node with every id exactly once and the retry counted in its stats.
+
+A Cluster cannot share this process with the session's local Ray: these tests are marked `multinode`, run after
+all the others (conftest orders them), and their fixture shuts the session's Ray down first.
+"""
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import ray
+from ray._private import ray_constants
+from ray.cluster_utils import Cluster
+
+from actors.placement import ROLE_LABEL, Placement, PlacementConfig, WorkerResources
+from jobs.batch import main as batch_main
+from prometheus_scrape import metric_total, node_metric_ports
+
+pytestmark = pytest.mark.multinode
+
+MODEL_NODE_CPUS = 2  # a model actor takes 1 (--worker-cpus 1): room for a lost node's actor to come back
+FAULT_ROWS, FAULT_TOKENS = 240, 64  # enough work that the fault lands mid-job
+BATCH_METRICS = ("ray_vlray_rows_total", "ray_vlray_generated_tokens_total", "ray_vlray_model_batches_total",
+                 "ray_vlray_batch_fill_count")
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    """A head (1 CPU, labelled `preprocess`) and two model nodes; the driver connects to the head."""
+    if ray.is_initialized():
+        ray.shutdown()
+    # The Cluster writes its address under RAY_TMPDIR, where a plain ray.init() on this machine looks for "the
+    # current cluster": a temp dir of its own keeps other Rays here (other people's tests) from joining it.
+    # Short, because Ray's socket paths must fit in 107 bytes.
+    temp_dir = tempfile.mkdtemp(prefix="vlray-mn-", dir="/tmp")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_TMPDIR", temp_dir)
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "include_dashboard": False, "labels": {ROLE_LABEL: "preprocess"},
+            "_system_config": {"metrics_report_interval_ms": 1000}})
+        try:
+            model_nodes = [cluster.add_node(num_cpus=MODEL_NODE_CPUS, labels={ROLE_LABEL: "model"})
+                           for _ in range(2)]
+            ray.init(address=cluster.address, log_to_driver=False)
+            yield SimpleNamespace(cluster=cluster, head=cluster.head_node, model_nodes=model_nodes)
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@ray.remote(num_cpus=0)
+class Probe:
+    """Says which node it was placed on."""
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+
+def _nodes_of(*options: dict) -> list[str]:
+    probes = [Probe.options(**o).remote() for o in options]  # all alive at once, so SPREAD has to spread them
+    try:
+        return ray.get([p.node_id.remote() for p in probes], timeout=60)
+    finally:
+        for probe in probes:
+            ray.kill(probe)
+
+
+def test_actors_land_where_placement_says(nodes):
+    placement = Placement.of_cluster()
+    head, models = nodes.head.node_id, {n.node_id for n in nodes.model_nodes}
+    assert placement.driver_node_id == head
+    assert placement.model_node_resources()["CPU"] == 2 * MODEL_NODE_CPUS
+    one_cpu = placement.model_actor_options(WorkerResources(num_cpus=1.0, num_gpus=0.0))
+    assert set(_nodes_of(one_cpu, one_cpu)) == models  # one model actor on each model node
+    assert _nodes_of(placement.preprocess_options(), placement.control_options(), placement.cache_options()) == \
+        [head, head, head]  # no cache node: the cache goes beside the driver
+    assert _nodes_of(Placement.of_cluster(PlacementConfig(cache_role="model")).cache_options())[0] in models
+
+
+def _write_rows(path: Path, num_rows: int) -> list[str]:
+    with open(path, "w") as f:
+        for i in range(num_rows):
+            f.write(json.dumps({"id": f"r{i}", "prompt": f"Count the objects, number {i}."}) + "\n")
+    return [f"r{i}" for i in range(num_rows)]
+
+
+def _job_args(model_dir: Path, folder: Path, max_tokens: int) -> list[str]:
+    return ["--model", str(model_dir), "--input", str(folder / "in.jsonl"), "--output", str(folder / "out"),
+            "--max-tokens", str(max_tokens), "--num-workers", "2", "--worker-cpus", "1", "--window-rows", "8",
+            "--rows-per-shard", "8", "--device-profile", "cpu", "--stats", str(folder / "stats.json")]
+
+
+def _committed_rows(output: Path) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in output.glob("part-*.parquet"))
+
+
+@pytest.fixture(scope="module")
+def healthy_job(nodes, tiny_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("healthy")
+    ids = _write_rows(folder / "in.jsonl", 128)  # two parse blocks of 64 rows: work for both model actors
+    ports = node_metric_ports()
+    before = {name: metric_total(ports.values(), name, app="batch") for name in BATCH_METRICS}
+    code = batch_main(_job_args(tiny_model_dir, folder, max_tokens=8))
+    return SimpleNamespace(code=code, ids=ids, out=pd.read_parquet(folder / "out"), ports=ports, before=before,
+                           stats=json.loads((folder / "stats.json").read_text()))
+
+
+def test_rows_are_generated_on_both_model_nodes(nodes, healthy_job):
+    assert healthy_job.code == 0
+    assert sorted(healthy_job.out["id"]) == sorted(healthy_job.ids) and healthy_job.out["id"].is_unique
+    assert (healthy_job.out["finish_reason"] != "error").all()
+    workers = healthy_job.stats["generate_workers"]
+    assert {w["node_id"] for w in workers if w["rows"] > 0} == {n.node_id for n in nodes.model_nodes}
+    assert sum(w["rows"] for w in workers) == len(healthy_job.ids)
+    assert healthy_job.stats["retries"]["generate"] == {"windows": 0, "rows": 0, "actor_restarts": 0}
+
+
+def test_metrics_reach_each_nodes_prometheus_endpoint(nodes, healthy_job):
+    ports, stats = healthy_job.ports, healthy_job.stats
+
+    def published(name: str) -> float:
+        return metric_total(ports.values(), name, app="batch") - healthy_job.before[name]
+
+    deadline = time.monotonic() + 60  # each node's agent exports what its workers reported, every second here
+    while published("ray_vlray_rows_total") < stats["rows"] and time.monotonic() < deadline:
+        time.sleep(1)
+    assert published("ray_vlray_rows_total") == stats["rows"]
+    assert published("ray_vlray_generated_tokens_total") == stats["generated_tokens"]
+    assert published("ray_vlray_model_batches_total") == stats["num_model_batches"]
+    assert published("ray_vlray_batch_fill_count") >= 2  # one observation per window at least on each actor
+    for node in nodes.model_nodes:  # each model node's endpoint has its own actor's rows
+        assert metric_total([ports[node.node_id]], "ray_vlray_rows_total", app="batch", outcome="ok") > 0
+
+
+def _model_actor_processes(node) -> list[psutil.Process]:
+    """The batch job's model actors (Ray Data's GenerateStage workers) on one of this Cluster's nodes."""
+    raylet = psutil.Process(node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid)
+    found = []
+    for process in raylet.children(recursive=True):
+        try:
+            if "GenerateStage" in " ".join(process.cmdline()):
+                found.append(process)
+        except psutil.Error:  # a worker that exited meanwhile
+            continue
+    return found
+
+
+def _run_with_fault(model_dir: Path, folder: Path, fault: Callable[[], None]) -> SimpleNamespace:
+    """Run the job; once its first shard is committed, call `fault`; return what the job left."""
+    ids = _write_rows(folder / "in.jsonl", FAULT_ROWS)
+    output = folder / "out"
+    with ThreadPoolExecutor(1) as pool:
+        job = pool.submit(batch_main, _job_args(model_dir, folder, FAULT_TOKENS))
+        while not list(output.glob("part-*.parquet")) and not job.done():
+            time.sleep(0.05)
+        assert not job.done(), "the job ended before its first shard was seen"
+        fault()
+        rows_at_fault = _committed_rows(output)
+        code = job.result(timeout=600)
+    return SimpleNamespace(code=code, ids=ids, rows_at_fault=rows_at_fault, out=pd.read_parquet(output),
+                           stats=json.loads((folder / "stats.json").read_text()))
+
+
+def _check_every_id_once_and_retry_counted(job: SimpleNamespace) -> None:
+    assert job.code == 0
+    assert job.rows_at_fault < len(job.ids), "the fault should land in the middle of the job"
+    assert sorted(job.out["id"]) == sorted(job.ids) and job.out["id"].is_unique
+    assert (job.out["finish_reason"] != "error").all()
+    assert job.stats["rows"] == len(job.ids)
+    retries = job.stats["retries"]["generate"]
+    assert retries["windows"] >= 1 and retries["rows"] >= 1 and retries["actor_restarts"] == 1
+
+
+def test_a_killed_model_actor_costs_time_not_rows(nodes, tiny_model_dir, tmp_path):
+    def kill_a_model_actor() -> None:
+        processes = [p for node in nodes.model_nodes for p in _model_actor_processes(node)]
+        assert processes, "no model actor found"
+        processes[0].kill()
+
+    job = _run_with_fault(tiny_model_dir, tmp_path, kill_a_model_actor)
+    _check_every_id_once_and_retry_counted(job)
+
+
+def test_a_lost_worker_node_costs_time_not_rows(nodes, tiny_model_dir, tmp_path):
+    """Last in this module: it leaves the cluster with one model node."""
+    lost = nodes.model_nodes[0]
+
+    def remove_a_model_node() -> None:
+        assert _model_actor_processes(lost), "the node to remove holds no model actor"
+        nodes.cluster.remove_node(lost)
+
+    job = _run_with_fault(tiny_model_dir, tmp_path, remove_a_model_node)
+    _check_every_id_once_and_retry_counted(job)
+    survivor = nodes.model_nodes[1].node_id
+    assert {w["node_id"] for w in job.stats["generate_workers"] if w["restarted"]} == {survivor}
