@@ -146,7 +146,7 @@ class GenerateStage:
         self.context = ray.get_runtime_context()
         self.actor_key = incarnation_key()
         self.restarted = self.context.was_current_actor_reconstructed
-        self.metrics = VlrayMetrics("batch")
+        self.metrics = VlrayMetrics("batch", config.model)
         self.busy_seconds = 0.0
         self.wait_seconds = 0.0
         self.rows = 0

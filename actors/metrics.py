@@ -3,7 +3,7 @@
 
 The engine keeps plain counters (PipelineStats, its queue); the actors that hold an engine publish them here.
 Every metric carries an `app` tag: `batch` (the batch job's generate stage), `pipeline` (ModelWorker) or
-`serve` (a Serve replica).
+`serve` (a Serve replica); and a `model` tag: the model folder or hub id (the served name under Serve).
 """
 
 from __future__ import annotations
@@ -46,24 +46,24 @@ class _Totals:
 class VlrayMetrics:
     """The metrics of one actor that holds an engine."""
 
-    def __init__(self, app: str) -> None:
-        self.tags = {"app": app}
+    def __init__(self, app: str, model: str) -> None:
+        self.tags = {"app": app, "model": model}
         self._last = _Totals()
         self.rows = Counter("vlray_rows", "Rows (requests) finished, by outcome: ok or error.",
-                            tag_keys=("app", "outcome"))
+                            tag_keys=("app", "model", "outcome"))
         self.prompt_tokens = Counter("vlray_prompt_tokens", "Prompt tokens of the rows that finished ok.",
-                                     tag_keys=("app",))
+                                     tag_keys=("app", "model"))
         self.generated_tokens = Counter("vlray_generated_tokens", "Tokens generated for the rows that finished ok.",
-                                        tag_keys=("app",))
+                                        tag_keys=("app", "model"))
         self.errors = Counter("vlray_errors", "Rows that finished with an error, by kind (error_kind).",
-                              tag_keys=("app", "kind"))
-        self.batches = Counter("vlray_model_batches", "Model batches run.", tag_keys=("app",))
+                              tag_keys=("app", "model", "kind"))
+        self.batches = Counter("vlray_model_batches", "Model batches run.", tag_keys=("app", "model"))
         self.batch_fill = Histogram(
             "vlray_batch_fill", "Share of the prompt slots (rows x padded length) of the model batches since the "
-            "last report that hold real tokens.", boundaries=FILL_BOUNDARIES, tag_keys=("app",))
-        self.queue_depth = Gauge("vlray_queue_depth", "Requests waiting for a model batch.", tag_keys=("app",))
+            "last report that hold real tokens.", boundaries=FILL_BOUNDARIES, tag_keys=("app", "model"))
+        self.queue_depth = Gauge("vlray_queue_depth", "Requests waiting for a model batch.", tag_keys=("app", "model"))
         self.retried_rows = Counter("vlray_retried_rows", "Rows a stage started again after an actor or node was "
-                                    "lost.", tag_keys=("app", "stage"))
+                                    "lost.", tag_keys=("app", "model", "stage"))
 
     def publish(self, stats: PipelineStats) -> None:
         """Publish what the engine did since the last call (its stats are cumulative)."""

@@ -26,7 +26,7 @@ class ModelWorker:
         set_cpu_threads(config.num_threads or max(1, int(granted)))
         self.config = config
         self.generator = BatchGenerator.from_config(config)
-        self.metrics = VlrayMetrics("pipeline")
+        self.metrics = VlrayMetrics("pipeline", config.model)
 
     def generate(self, requests: list[GenerationRequest | dict[str, Any]]) -> list[GenerationResult]:
         """One result per request, in order; bad requests come back as error results."""

@@ -14,15 +14,18 @@ def node_metric_ports() -> dict[str, int]:
     return {n["NodeID"]: n["MetricsExportPort"] for n in ray.nodes() if n["Alive"]}
 
 
-def metric_total(ports: Iterable[int], name: str, **labels: str) -> float:
-    """The sum of a metric's samples over the nodes, keeping the samples whose labels include `labels`
-    (`name` as exported, e.g. `ray_vlray_rows_total`)."""
-    total = 0.0
+def metric_samples(ports: Iterable[int], name: str, **labels: str) -> list[float]:
+    """The values of a metric's samples on these nodes whose labels include `labels` (`name` as exported, e.g.
+    `ray_vlray_rows_total`)."""
+    values = []
     for port in ports:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
             text = answer.read().decode()
         for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and labels.items() <= sample.labels.items():
-                    total += sample.value
-    return total
+            values += [s.value for s in family.samples if s.name == name and labels.items() <= s.labels.items()]
+    return values
+
+
+def metric_total(ports: Iterable[int], name: str, **labels: str) -> float:
+    """The sum of metric_samples."""
+    return sum(metric_samples(ports, name, **labels))
