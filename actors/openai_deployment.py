@@ -44,7 +44,8 @@ class OpenAIDeployment:
         engine = AsyncEngine(generator, engine_config.max_batch_tokens, engine_config.max_batch_size,
                              config.max_queued_requests, config.batch_wait_ms / 1000, config.retry_after_s)
         self.service = ChatService(preprocessor, engine, config.model_name)
-        self._stop_metrics = publish_every(VlrayMetrics("serve", config.model_name), lambda: generator.stats, lambda: engine.num_queued)
+        self._stop_metrics = publish_every(VlrayMetrics("serve", config.model_name), lambda: generator.stats,
+                                           lambda: engine.num_queued)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_openai_app(self.service)
