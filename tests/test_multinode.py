@@ -23,6 +23,7 @@ import pytest
 import ray
 from ray._private import ray_constants
 from ray.cluster_utils import Cluster
+from ray.data import DataContext
 
 from actors.placement import ROLE_LABEL, Placement, PlacementConfig, WorkerResources
 from jobs.batch import main as batch_main
@@ -59,6 +60,16 @@ def nodes():
             ray.shutdown()
             cluster.shutdown()
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def all_model_actors_from_the_start():
+    """Ray Data hands windows to whichever model actors are up; these tests want both at work from the first
+    window (rows on both nodes, an actor busy when the fault comes), so pools start once all their actors are."""
+    context = DataContext.get_current()
+    previous, context.wait_for_min_actors_s = context.wait_for_min_actors_s, 300
+    yield
+    context.wait_for_min_actors_s = previous
 
 
 @ray.remote(num_cpus=0)
@@ -109,30 +120,36 @@ def _committed_rows(output: Path) -> int:
 
 @pytest.fixture(scope="module")
 def healthy_job(nodes, tiny_model_dir, tmp_path_factory):
+    """128 good rows and two bad ones. Work for both model actors: the rows come in parse blocks of 64, and at 48
+    tokens a row, generating one block takes longer than preprocessing the next (else one actor does it all)."""
     folder = tmp_path_factory.mktemp("healthy")
-    ids = _write_rows(folder / "in.jsonl", 128)  # two parse blocks of 64 rows: work for both model actors
+    ids = _write_rows(folder / "in.jsonl", 128)
+    with open(folder / "in.jsonl", "a") as f:
+        f.write('{"id": "broken", "prompt": \n' + json.dumps({"id": "empty", "prompt": ""}) + "\n")
     ports = node_metric_ports()
     before = {name: metric_total(ports.values(), name, app="batch") for name in BATCH_METRICS}
-    code = batch_main(_job_args(tiny_model_dir, folder, max_tokens=8))
+    code = batch_main(_job_args(tiny_model_dir, folder, max_tokens=48))
     return SimpleNamespace(code=code, ids=ids, out=pd.read_parquet(folder / "out"), ports=ports, before=before,
                            stats=json.loads((folder / "stats.json").read_text()))
 
 
 def test_rows_are_generated_on_both_model_nodes(nodes, healthy_job):
     assert healthy_job.code == 0
-    assert sorted(healthy_job.out["id"]) == sorted(healthy_job.ids) and healthy_job.out["id"].is_unique
-    assert (healthy_job.out["finish_reason"] != "error").all()
-    workers = healthy_job.stats["generate_workers"]
-    assert {w["node_id"] for w in workers if w["rows"] > 0} == {n.node_id for n in nodes.model_nodes}
-    assert sum(w["rows"] for w in workers) == len(healthy_job.ids)
-    assert healthy_job.stats["retries"]["generate"] == {"windows": 0, "rows": 0, "actor_restarts": 0}
+    out, stats = healthy_job.out, healthy_job.stats
+    good = out[out["finish_reason"] != "error"]
+    assert sorted(good["id"]) == sorted(healthy_job.ids) and out["id"].dropna().is_unique
+    assert stats["errors_by_kind"] == {"malformed_json": 1, "empty_prompt": 1}
+    workers = stats["generate_workers"]
+    assert {w["node_id"] for w in workers if w["rows"] > 0} == {n.node_id for n in nodes.model_nodes}, workers
+    assert sum(w["rows"] for w in workers) == len(out) == stats["rows"]
+    assert stats["retries"]["generate"] == {"windows": 0, "rows": 0, "actor_restarts": 0}
 
 
 def test_metrics_reach_each_nodes_prometheus_endpoint(nodes, healthy_job):
     ports, stats = healthy_job.ports, healthy_job.stats
 
-    def published(name: str) -> float:
-        return metric_total(ports.values(), name, app="batch") - healthy_job.before[name]
+    def published(name: str, **labels: str) -> float:
+        return metric_total(ports.values(), name, app="batch", **labels) - healthy_job.before.get(name, 0.0)
 
     deadline = time.monotonic() + 60  # each node's agent exports what its workers reported, every second here
     while published("ray_vlray_rows_total") < stats["rows"] and time.monotonic() < deadline:
@@ -140,7 +157,9 @@ def test_metrics_reach_each_nodes_prometheus_endpoint(nodes, healthy_job):
     assert published("ray_vlray_rows_total") == stats["rows"]
     assert published("ray_vlray_generated_tokens_total") == stats["generated_tokens"]
     assert published("ray_vlray_model_batches_total") == stats["num_model_batches"]
-    assert published("ray_vlray_batch_fill_count") >= 2  # one observation per window at least on each actor
+    assert published("ray_vlray_batch_fill_count") >= 2  # an observation per window, windows on both actors
+    for kind, count in stats["errors_by_kind"].items():  # only this job made errors of these kinds
+        assert metric_total(ports.values(), "ray_vlray_errors_total", app="batch", kind=kind) == count
     for node in nodes.model_nodes:  # each model node's endpoint has its own actor's rows
         assert metric_total([ports[node.node_id]], "ray_vlray_rows_total", app="batch", outcome="ok") > 0
 
