@@ -132,9 +132,10 @@ def run_job(args: argparse.Namespace, config: EngineConfig, kind: str, input_pat
         progress.update(len(rows))
     writer.flush()
     progress.close()
-    return job_stats(tally, ray.get(collector.collect.remote()), ray.get(registry.counts.remote()),
-                     time.perf_counter() - start, write_seconds, writer.num_shards,
-                     ray.get(collector.retries.remote()))
+    wall = time.perf_counter() - start
+    return job_stats(tally, ray.get(collector.collect.remote()), ray.get(registry.counts.remote()), wall,
+                     write_seconds, writer.num_shards, ray.get(collector.retries.remote()),
+                     tally.first_result_time - start if tally.first_result_time is not None else wall)
 
 
 if __name__ == "__main__":

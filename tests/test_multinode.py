@@ -8,8 +8,6 @@ all the others (conftest orders them), and their fixture shuts the session's Ray
 """
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,11 +20,11 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 from ray._private import ray_constants
-from ray.cluster_utils import Cluster
 from ray.data import DataContext
 
-from actors.placement import ROLE_LABEL, Placement, PlacementConfig, WorkerResources
+from actors.placement import Placement, PlacementConfig, WorkerResources
 from jobs.batch import main as batch_main
+from jobs.bench.simulated_cluster import simulated_cluster
 from prometheus_scrape import metric_total, node_metric_ports
 
 pytestmark = pytest.mark.multinode
@@ -41,25 +39,10 @@ BATCH_METRICS = ("ray_vlray_rows_total", "ray_vlray_generated_tokens_total", "ra
 def nodes():
     """A head (1 CPU, labelled `preprocess`) and two model nodes; the driver connects to the head."""
     if ray.is_initialized():
-        ray.shutdown()
-    # The Cluster writes its address under RAY_TMPDIR, where a plain ray.init() on this machine looks for "the
-    # current cluster": a temp dir of its own keeps other Rays here (other people's tests) from joining it.
-    # Short, because Ray's socket paths must fit in 107 bytes.
-    temp_dir = tempfile.mkdtemp(prefix="vlray-mn-", dir="/tmp")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAY_TMPDIR", temp_dir)
-        cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 1, "include_dashboard": False, "labels": {ROLE_LABEL: "preprocess"},
-            "_system_config": {"metrics_report_interval_ms": 1000}})
-        try:
-            model_nodes = [cluster.add_node(num_cpus=MODEL_NODE_CPUS, labels={ROLE_LABEL: "model"})
-                           for _ in range(2)]
-            ray.init(address=cluster.address, log_to_driver=False)
-            yield SimpleNamespace(cluster=cluster, head=cluster.head_node, model_nodes=model_nodes)
-        finally:
-            ray.shutdown()
-            cluster.shutdown()
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        ray.shutdown()  # the session's local Ray: every test that uses it has run (conftest orders these last)
+    with simulated_cluster(2, MODEL_NODE_CPUS, system_config={"metrics_report_interval_ms": 1000}) as cluster:
+        yield SimpleNamespace(cluster=cluster, head=cluster.head_node,
+                              model_nodes=sorted(cluster.worker_nodes, key=lambda n: n.node_id))
 
 
 @pytest.fixture(scope="module", autouse=True)
