@@ -11,36 +11,12 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
 from engine.stats import PipelineStats
 
-METRIC_NAMES = ("vlray_rows", "vlray_prompt_tokens", "vlray_generated_tokens", "vlray_errors",
-                "vlray_model_batches", "vlray_batch_fill", "vlray_queue_depth", "vlray_retried_rows")
 FILL_BOUNDARIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
-
-
-@dataclass
-class _Totals:
-    """The PipelineStats counters last published, to publish only what changed since."""
-
-    num_ok: int = 0
-    num_prompt_tokens: int = 0
-    num_generated_tokens: int = 0
-    num_batches: int = 0
-    num_batch_prompt_slots: int = 0
-    num_padding_tokens: int = 0
-    errors_by_kind: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, stats: PipelineStats) -> "_Totals":
-        # The Counter is copied first: a generation thread that adds a new kind meanwhile raises RuntimeError,
-        # and the caller tries again at its next report.
-        errors = dict(stats.errors_by_kind)
-        return cls(stats.num_ok, stats.num_prompt_tokens, stats.num_generated_tokens, stats.num_batches,
-                   stats.num_batch_prompt_slots, stats.num_padding_tokens, errors)
 
 
 class VlrayMetrics:
@@ -48,7 +24,7 @@ class VlrayMetrics:
 
     def __init__(self, app: str, model: str) -> None:
         self.tags = {"app": app, "model": model}
-        self._last = _Totals()
+        self._last = PipelineStats()  # what was published so far
         self.rows = Counter("vlray_rows", "Rows (requests) finished, by outcome: ok or error.",
                             tag_keys=("app", "model", "outcome"))
         self.prompt_tokens = Counter("vlray_prompt_tokens", "Prompt tokens of the rows that finished ok.",
@@ -68,8 +44,8 @@ class VlrayMetrics:
     def publish(self, stats: PipelineStats) -> None:
         """Publish what the engine did since the last call (its stats are cumulative)."""
         try:
-            now = _Totals.of(stats)
-        except RuntimeError:
+            now = PipelineStats().merge(stats)  # a snapshot: the engine's thread may go on counting meanwhile
+        except RuntimeError:  # it added an error kind while this copied them: publish at the next report
             return
         last, self._last = self._last, now
         self._inc(self.rows, now.num_ok - last.num_ok, outcome="ok")
