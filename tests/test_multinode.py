@@ -160,17 +160,29 @@ def _model_actor_processes(node) -> list[psutil.Process]:
     return found
 
 
-def _run_with_fault(model_dir: Path, folder: Path, fault: Callable[[], None]) -> SimpleNamespace:
-    """Run the job; once its first shard is committed, call `fault`; return what the job left."""
+def _run_with_fault(nodes: SimpleNamespace, model_dir: Path, folder: Path,
+                    fault: Callable[[object], None]) -> SimpleNamespace:
+    """Run the job; as soon as a model node's own metrics endpoint shows it generating (its first window done, the
+    rest of its share still to come), call `fault` with that node; return what the job left."""
+    # The model actors of the jobs before must be gone: they hold CPUs, and must not be taken for this job's.
+    deadline = time.monotonic() + 120
+    while any(_model_actor_processes(n) for n in nodes.model_nodes) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    ports = node_metric_ports()
+    rows_before = {n.node_id: metric_total([ports[n.node_id]], "ray_vlray_rows_total", app="batch")
+                   for n in nodes.model_nodes}
     ids = _write_rows(folder / "in.jsonl", FAULT_ROWS)
     output = folder / "out"
     with ThreadPoolExecutor(1) as pool:
         job = pool.submit(batch_main, _job_args(model_dir, folder, FAULT_TOKENS))
-        while not list(output.glob("part-*.parquet")) and not job.done():
-            time.sleep(0.05)
-        assert not job.done(), "the job ended before its first shard was seen"
-        fault()
-        rows_at_fault = _committed_rows(output)
+        generating = []
+        while not generating and not job.done():
+            time.sleep(0.2)
+            generating = [n for n in nodes.model_nodes if metric_total(
+                [ports[n.node_id]], "ray_vlray_rows_total", app="batch") > rows_before[n.node_id]]
+        assert not job.done(), "the job ended before a model node reported rows"
+        rows_at_fault = _committed_rows(output) if output.exists() else 0
+        fault(generating[0])
         code = job.result(timeout=600)
     return SimpleNamespace(code=code, ids=ids, rows_at_fault=rows_at_fault, out=pd.read_parquet(output),
                            stats=json.loads((folder / "stats.json").read_text()))
@@ -183,28 +195,30 @@ def _check_every_id_once_and_retry_counted(job: SimpleNamespace) -> None:
     assert (job.out["finish_reason"] != "error").all()
     assert job.stats["rows"] == len(job.ids)
     retries = job.stats["retries"]["generate"]
-    assert retries["windows"] >= 1 and retries["rows"] >= 1 and retries["actor_restarts"] == 1
+    assert retries["windows"] >= 1 and retries["rows"] >= 1 and retries["actor_restarts"] == 1, (
+        job.rows_at_fault, job.stats["retries"],
+        [(w["node_id"][:8], w["rows"], w["restarted"], w["busy_seconds"]) for w in job.stats["generate_workers"]])
 
 
 def test_a_killed_model_actor_costs_time_not_rows(nodes, tiny_model_dir, tmp_path):
-    def kill_a_model_actor() -> None:
-        processes = [p for node in nodes.model_nodes for p in _model_actor_processes(node)]
-        assert processes, "no model actor found"
-        processes[0].kill()
+    def kill_the_model_actor_on(node) -> None:
+        (process,) = _model_actor_processes(node)
+        process.kill()
 
-    job = _run_with_fault(tiny_model_dir, tmp_path, kill_a_model_actor)
+    job = _run_with_fault(nodes, tiny_model_dir, tmp_path, kill_the_model_actor_on)
     _check_every_id_once_and_retry_counted(job)
 
 
 def test_a_lost_worker_node_costs_time_not_rows(nodes, tiny_model_dir, tmp_path):
     """Last in this module: it leaves the cluster with one model node."""
-    lost = nodes.model_nodes[0]
+    lost = []
 
-    def remove_a_model_node() -> None:
-        assert _model_actor_processes(lost), "the node to remove holds no model actor"
-        nodes.cluster.remove_node(lost)
+    def remove(node) -> None:
+        assert len(_model_actor_processes(node)) == 1
+        lost.append(node)
+        nodes.cluster.remove_node(node)
 
-    job = _run_with_fault(tiny_model_dir, tmp_path, remove_a_model_node)
+    job = _run_with_fault(nodes, tiny_model_dir, tmp_path, remove)
     _check_every_id_once_and_retry_counted(job)
-    survivor = nodes.model_nodes[1].node_id
+    (survivor,) = [n.node_id for n in nodes.model_nodes if n is not lost[0]]
     assert {w["node_id"] for w in job.stats["generate_workers"] if w["restarted"]} == {survivor}
