@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import time
+import uuid
 from typing import Any
 
 import pyarrow as pa
@@ -20,7 +21,7 @@ from ray.data import ActorPoolStrategy
 from actors.cache_client import CacheActorClient
 from actors.batch_datasources import LINE_COLUMN, SOURCE_COLUMN, relative_source
 from actors.id_registry import DUPLICATE, SKIP
-from actors.worker_factory import WorkerResources
+from actors.metrics import VlrayMetrics
 from engine.async_engine import AsyncEngine
 from engine.batch_rows import BatchRow, parse_jsonl_line, split_row
 from engine.config import EngineConfig
@@ -39,6 +40,13 @@ def pack(rows: list[BatchRow]) -> pa.Table:
 
 def unpack(batch: pa.Table) -> list[BatchRow]:
     return [pickle.loads(blob) for blob in batch.column("blob").to_pylist()]
+
+
+def incarnation_key() -> str:
+    """This actor's id and a token of this life of it: a restarted actor keeps its id but starts from zero, and
+    must not overwrite the totals its earlier life reported."""
+    context = ray.get_runtime_context()
+    return f"{context.get_actor_id()}/{uuid.uuid4().hex[:8]}"
 
 
 # -- parse: raw rows -> BatchRow with a request (or an error), resume and duplicate checks ----------------
@@ -95,16 +103,18 @@ class PreprocessStage:
 
     def __init__(self, config: EngineConfig, collector: ActorHandle) -> None:
         # Through the job's CacheActor when caching is on: an image seen before is not decoded again.
-        cache = CacheActorClient.connect(config.cache_actor_name) if config.uses_preprocessed_cache else None
+        cache = CacheActorClient.connect(config.cache_actor_name, config.cache_actor_retry_s) if config.uses_preprocessed_cache else None
         self.preprocessor = load_preprocessor(config, image_cache=cache)
         self.collector = collector
-        self.actor_id = ray.get_runtime_context().get_actor_id()
+        self.actor_key = incarnation_key()
+        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self.seconds = 0.0
         self.rows = 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start = time.perf_counter()
         rows = unpack(batch)
+        ray.get(self.collector.begin.remote("preprocess", [row.source for row in rows]))
         for row in rows:
             if row.result is not None:
                 continue
@@ -117,13 +127,17 @@ class PreprocessStage:
             row.request = None  # images are in `prepared` now; do not ship them on
         self.seconds += time.perf_counter() - start
         self.rows += len(rows)
-        self.collector.report.remote("preprocess", self.actor_id, {"seconds": self.seconds, "rows": self.rows})
+        self.collector.report.remote("preprocess", self.actor_key, {"seconds": self.seconds, "rows": self.rows,
+                                                                    "restarted": self.restarted})
         return pack(rows)
 
 
-def preprocess_stage_args(config: EngineConfig, collector: ActorHandle, num_workers: int) -> dict[str, Any]:
+def preprocess_stage_args(config: EngineConfig, collector: ActorHandle, num_workers: int,
+                          actor_options: dict[str, Any]) -> dict[str, Any]:
+    """`actor_options`: where the actors go (Placement.preprocess_options)."""
     return dict(fn_constructor_kwargs=dict(config=config, collector=collector),
-                compute=ActorPoolStrategy(size=num_workers), batch_format="pyarrow", batch_size=8, num_cpus=0.5)
+                compute=ActorPoolStrategy(size=num_workers), batch_format="pyarrow", batch_size=8, num_cpus=0.5,
+                **actor_options)
 
 
 # -- generate: model actors (one per GPU, or CPU workers) generate windows of rows ---------------------------
@@ -137,7 +151,7 @@ class GenerateStage:
     def __init__(self, config: EngineConfig, collector: ActorHandle, bucket: bool, window_rows: int) -> None:
         granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         set_cpu_threads(config.num_threads or max(1, int(granted)))
-        cache = CacheActorClient.connect(config.cache_actor_name) if config.uses_content_cache else None
+        cache = CacheActorClient.connect(config.cache_actor_name, config.cache_actor_retry_s) if config.uses_content_cache else None
         self.generator = create_generator(config, bucket=bucket, cache=cache)
         # Ray Data bounds what is in flight (tasks per actor, and up to 4 batches per task for async UDFs);
         # the engine's queue only has to hold all of it.
@@ -145,6 +159,9 @@ class GenerateStage:
                                   max_queued_requests=4 * WINDOWS_IN_FLIGHT * window_rows)
         self.collector = collector
         self.context = ray.get_runtime_context()
+        self.actor_key = incarnation_key()
+        self.restarted = self.context.was_current_actor_reconstructed
+        self.metrics = VlrayMetrics("batch", config.model)
         self.busy_seconds = 0.0
         self.wait_seconds = 0.0
         self.rows = 0
@@ -156,18 +173,22 @@ class GenerateStage:
         self._window_starts()
         try:
             rows = unpack(batch)
+            self.metrics.record_retried_rows("generate", await self.collector.begin.remote(
+                "generate", [row.source for row in rows]))
             todo = [row for row in rows if row.result is None]
+            self.metrics.record_errors(row.result.error_kind for row in rows if row.result is not None)
             results = await asyncio.gather(*(self.engine.generate(row.prepared) for row in todo))
             for row, result in zip(todo, results):
                 row.result = result
+            self.metrics.publish(self.generator.stats)
             for row in rows:
                 row.prepared = None  # pixel patches stay here; only results travel to the writer
         finally:
             self._window_ends()
         self.rows += len(rows)
-        self.collector.report.remote("generate", self.context.get_actor_id(), {
+        self.collector.report.remote("generate", self.actor_key, {
             "stats": self.generator.stats, "busy_seconds": self.busy_seconds, "wait_seconds": self.wait_seconds,
-            "rows": self.rows, "node_id": self.context.get_node_id()})
+            "rows": self.rows, "node_id": self.context.get_node_id(), "restarted": self.restarted})
         return pack(rows)
 
     def _window_starts(self) -> None:
@@ -187,12 +208,13 @@ class GenerateStage:
 
 
 def generate_stage_args(config: EngineConfig, collector: ActorHandle, bucket: bool, num_workers: int,
-                        resources: WorkerResources, window_rows: int) -> dict[str, Any]:
+                        actor_options: dict[str, Any], window_rows: int) -> dict[str, Any]:
     """Two windows in flight per actor, both running (the actor is async): one fills the engine as the other
-    drains."""
+    drains.
+
+    `actor_options`: resources and node choice of a model actor (Placement.model_options)."""
     return dict(fn_constructor_kwargs=dict(config=config, collector=collector, bucket=bucket,
                                            window_rows=window_rows),
                 compute=ActorPoolStrategy(size=num_workers, max_tasks_in_flight_per_actor=WINDOWS_IN_FLIGHT,
                                           max_concurrent_calls_per_actor=WINDOWS_IN_FLIGHT),
-                batch_format="pyarrow", batch_size=window_rows,
-                num_cpus=resources.num_cpus, num_gpus=resources.num_gpus)
+                batch_format="pyarrow", batch_size=window_rows, **actor_options)

@@ -14,6 +14,7 @@ import ray
 from ray import ObjectRef
 from ray.actor import ActorHandle
 
+from actors.metrics import CacheMetrics
 from engine.config import EngineConfig
 from engine.tiered_store import TieredStore, open_store
 
@@ -39,6 +40,7 @@ class CacheActor:
 
     def __init__(self, config: EngineConfig) -> None:
         self.store: TieredStore[ObjectRef] = open_store(config, ObjectStoreHot())
+        self.metrics = CacheMetrics()
 
     def get_refs(self, keys: list[str]) -> dict[str, ObjectRef]:
         """Object refs of the keys found (warm and cold hits are promoted into the object store first)."""
@@ -47,10 +49,12 @@ class CacheActor:
             ref = self.store.get(key)
             if ref is not None:
                 found[key] = ref
+        self.metrics.publish(self.store.stats())
         return found
 
     def put(self, items: dict[str, bytes]) -> None:
         self.store.put_many(items)
+        self.metrics.publish(self.store.stats())
 
     def stats(self) -> dict[str, Any]:
         """Hits and misses per tier, bytes and entries per tier, evictions, corrupt files found."""
@@ -61,9 +65,12 @@ class CacheActor:
         self.store.flush()
 
 
-def get_or_create_cache_actor(config: EngineConfig) -> ActorHandle:
-    """The CacheActor named in the config (namespace `vlray`), created if there is none; detached if asked."""
-    options: dict[str, Any] = {"name": config.cache_actor_name, "namespace": NAMESPACE, "get_if_exists": True}
+def get_or_create_cache_actor(config: EngineConfig, placement_options: dict[str, Any] | None = None) -> ActorHandle:
+    """The CacheActor named in the config (namespace `vlray`), created if there is none; detached if asked.
+
+    `placement_options`: where a new one goes (Placement.cache_options); an existing one stays where it is."""
+    options: dict[str, Any] = {"name": config.cache_actor_name, "namespace": NAMESPACE, "get_if_exists": True,
+                               **(placement_options or {})}
     if config.cache_actor_detached:
         options["lifetime"] = "detached"
     actor = CacheActor.options(**options).remote(config)

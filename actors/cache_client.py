@@ -33,10 +33,10 @@ class CacheActorClient:
         self.num_failures = 0
 
     @classmethod
-    def connect(cls, name: str) -> "CacheActorClient | None":
+    def connect(cls, name: str, retry_s: float = 30.0) -> "CacheActorClient | None":
         """A client of the running CacheActor `name`, or None when there is none."""
         actor = find_cache_actor(name)
-        return cls(actor, name) if actor is not None else None
+        return cls(actor, name, retry_s=retry_s) if actor is not None else None
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         refs = self._call("get_refs", list(keys)) if keys else None

@@ -8,6 +8,7 @@ from typing import Any
 
 import ray
 
+from actors.placement import PlacementConfig
 from actors.worker_factory import create_model_workers, fan_out_generate, split_evenly
 from engine.config import EngineConfig
 from engine.request import GenerationRequest, GenerationResult
@@ -19,15 +20,15 @@ class InferencePipeline:
     """`InferencePipeline(config).run(requests)` -> results in order; `.stats()` for what it did.
 
     Starts Ray if it is not running (a local instance, or the cluster RAY_ADDRESS names), creates the
-    ModelWorkers, and splits each run's requests over them.
+    ModelWorkers (one per GPU, spread over nodes: actors/placement.py), and splits each run's requests over them.
     """
 
     def __init__(self, config: EngineConfig, num_workers: int = 1, num_cpus_per_worker: float | None = None,
-                 ray_address: str | None = None) -> None:
+                 ray_address: str | None = None, placement: PlacementConfig | None = None) -> None:
         if not ray.is_initialized():
             ray.init(address=ray_address, log_to_driver=False)
         self.config = config
-        self.workers = create_model_workers(config, num_workers, num_cpus_per_worker)
+        self.workers = create_model_workers(config, num_workers, num_cpus_per_worker, placement)
         self._wall_seconds = 0.0
 
     def run(self, requests: Sequence[GenerationRequest | dict[str, Any]]) -> list[GenerationResult]:

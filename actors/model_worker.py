@@ -10,6 +10,7 @@ from typing import Any
 import ray
 
 from actors.cache_client import CacheActorClient
+from actors.metrics import VlrayMetrics
 from engine.config import EngineConfig
 from engine.generator_factory import create_generator
 from engine.model_loader import set_cpu_threads
@@ -30,18 +31,22 @@ class ModelWorker:
         # The shared CacheActor when one runs (the worker factory starts it); else a store in this worker.
         self.cache_client = None
         if config.uses_content_cache:
-            self.cache_client = CacheActorClient.connect(config.cache_actor_name)
+            self.cache_client = CacheActorClient.connect(config.cache_actor_name, config.cache_actor_retry_s)
         self.generator = create_generator(config, cache=self.cache_client)
+        self.metrics = VlrayMetrics("pipeline", config.model)
 
     def generate(self, requests: list[GenerationRequest | dict[str, Any]]) -> list[GenerationResult]:
         """One result per request, in order; bad requests come back as error results."""
-        return self.generator.generate(requests)
+        results = self.generator.generate(requests)
+        self.metrics.publish(self.generator.stats)
+        return results
 
     @ray.method(num_returns="streaming")
     def stream(self, requests: list[GenerationRequest | dict[str, Any]]) -> Iterator[StreamDelta | GenerationResult]:
         """Text deltas as they are made and each result as its request ends: `for ref in worker.stream.remote(r)`."""
         for event in self.generator.stream(requests):  # not `yield from`: Ray resumes with send(), lists lack it
             yield event
+        self.metrics.publish(self.generator.stats)
 
     def stats(self) -> PipelineStats:
         return self.generator.stats

@@ -17,7 +17,8 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
-from actors.worker_factory import WorkerResources, plan_worker_resources
+from actors.metrics import VlrayMetrics, publish_every
+from actors.placement import Placement, WorkerResources, plan_worker_resources, replica_actor_options
 from engine.async_engine import AsyncEngine
 from engine.chat_service import ChatService
 from engine.generator_factory import create_generator
@@ -43,6 +44,8 @@ class OpenAIDeployment:
         engine = AsyncEngine(generator, engine_config.max_batch_tokens, engine_config.max_batch_size,
                              config.max_queued_requests, config.batch_wait_ms / 1000, config.retry_after_s)
         self.service = ChatService(preprocessor, engine, config.model_name)
+        self._stop_metrics = publish_every(VlrayMetrics("serve", config.model_name), lambda: generator.stats,
+                                           lambda: engine.num_queued)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_openai_app(self.service)
@@ -53,6 +56,7 @@ class OpenAIDeployment:
             raise RuntimeError("the generation thread has stopped")
 
     def __del__(self) -> None:
+        self._stop_metrics.set()
         self.service.engine.close()
 
 
@@ -62,7 +66,7 @@ def replica_resources(config: ServerConfig, cluster: dict[str, float] | None = N
     The cluster is the connected Ray's, or this machine's when Ray is not started yet (`serve run` builds the
     app before it connects)."""
     if cluster is None:
-        cluster = ray.cluster_resources() if ray.is_initialized() else _this_machine()
+        cluster = Placement.of_cluster().model_node_resources() if ray.is_initialized() else _this_machine()
     if config.num_gpus_per_replica is not None:
         return WorkerResources(num_cpus=config.num_cpus_per_replica or 1.0, num_gpus=config.num_gpus_per_replica)
     try:
@@ -78,7 +82,7 @@ def build_app(config: ServerConfig) -> Application:
     resources = replica_resources(config)
     return OpenAIDeployment.options(
         num_replicas=config.num_replicas,
-        ray_actor_options={"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus},
+        ray_actor_options=replica_actor_options(resources),
         # A replica takes what its engine can hold (a batch running, max_queued_requests waiting), so Serve routes
         # the rest to other replicas or holds it at the proxy; past the proxy's queue: 429 with Retry-After.
         max_ongoing_requests=config.max_batch_size + config.max_queued_requests,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import ray
@@ -11,47 +10,22 @@ from ray.actor import ActorHandle
 
 from actors.cache_actor import get_or_create_cache_actor
 from actors.model_worker import ModelWorker
+from actors.placement import Placement, PlacementConfig, plan_worker_resources
 from engine.config import EngineConfig
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerResources:
-    """What Ray reserves for one ModelWorker."""
-
-    num_cpus: float
-    num_gpus: float
-
-
-def plan_worker_resources(cluster: dict[str, float], num_workers: int, config: EngineConfig,
-                          num_cpus_per_worker: float | None = None) -> WorkerResources:
-    """One GPU per worker where the cluster has GPUs; on CPU-only clusters, the CPUs shared among workers.
-
-    A profile of `cpu` keeps workers off GPUs even where there are some.
-    """
-    gpus = cluster.get("GPU", 0.0)
-    if gpus >= 1 and config.device_profile != "cpu":
-        if num_workers > gpus:
-            raise ValueError(f"{num_workers} GPU workers asked for, but the cluster has {int(gpus)} GPUs: "
-                             "use --num-workers at most the GPU count (one model per GPU).")
-        return WorkerResources(num_cpus=num_cpus_per_worker or 1.0, num_gpus=1.0)
-    cpus = cluster.get("CPU", 1.0)
-    return WorkerResources(num_cpus=num_cpus_per_worker or max(1.0, float(int(cpus // num_workers))), num_gpus=0.0)
-
-
-def create_model_workers(config: EngineConfig, num_workers: int = 1,
-                         num_cpus_per_worker: float | None = None) -> list[ActorHandle]:
-    """Start `num_workers` ModelWorkers and wait until each has loaded its model."""
+def create_model_workers(config: EngineConfig, num_workers: int = 1, num_cpus_per_worker: float | None = None,
+                         placement: PlacementConfig | None = None) -> list[ActorHandle]:
+    """Start `num_workers` ModelWorkers (one per GPU, spread over nodes) and wait until each has loaded its model."""
     if num_workers < 1:
         raise ValueError("num_workers must be at least 1")
-    resources = plan_worker_resources(ray.cluster_resources(), num_workers, config, num_cpus_per_worker)
+    plan = Placement.of_cluster(placement)
+    resources = plan_worker_resources(plan.model_node_resources(), num_workers, config, num_cpus_per_worker)
     if config.uses_content_cache:
-        get_or_create_cache_actor(config)  # before the workers, which look it up by name
-    workers = [
-        ModelWorker.options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus).remote(config)
-        for _ in range(num_workers)
-    ]
+        get_or_create_cache_actor(config, plan.cache_options())  # before the workers, which look it up by name
+    workers = [ModelWorker.options(**plan.model_actor_options(resources)).remote(config) for _ in range(num_workers)]
     ray.get([w.info.remote() for w in workers])  # surfaces a load error here, not at the first request
     return workers
 

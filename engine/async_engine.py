@@ -43,6 +43,8 @@ class StepEngine(Protocol):
 
     def abort(self, handle: Any) -> None: ...
 
+    def count_results(self, results: Sequence[GenerationResult]) -> None: ...
+
 
 class GenerationError(RuntimeError):
     """A request failed inside the engine (not the caller's fault: its input was checked before)."""
@@ -176,7 +178,7 @@ class AsyncEngine:
                     handles[item.prepared.request_id] = (engine.add(item.prepared), item)
                     self._running[item.prepared.request_id] = item.reply_to
                 except RequestError as exc:
-                    item.reply_to.post(GenerationResult.failed(item.prepared.request_id, exc))
+                    self._reply(engine, item, GenerationResult.failed(item.prepared.request_id, exc))
             with self._ids_lock:
                 abandoned, self._abandoned = self._abandoned, set()
             for request_id in abandoned & handles.keys():
@@ -190,15 +192,21 @@ class AsyncEngine:
                 log.exception("an engine step failed with %d requests running", len(handles))
                 for handle, item in handles.values():
                     engine.abort(handle)
-                    item.reply_to.post(GenerationResult.failed(item.prepared.request_id, f"internal error: {exc}"))
+                    self._reply(engine, item, GenerationResult.failed(item.prepared.request_id,
+                                                                      f"internal error: {exc}"))
                 handles.clear()
                 self._running.clear()
                 continue
             for _, result in finished:
                 handle_item = handles.pop(result.id, None)
                 if handle_item is not None:
-                    handle_item[1].reply_to.post(result)
+                    self._reply(engine, handle_item[1], result)
                 self._running.pop(result.id, None)
+
+    @staticmethod
+    def _reply(engine: StepEngine, item: QueuedRequest, result: GenerationResult) -> None:
+        engine.count_results([result])  # the step API leaves counting to its caller
+        item.reply_to.post(result)
 
     def _run_batches(self) -> None:
         while (batch := self.queue.take_batch(self.batch_wait_s)) is not None:

@@ -94,6 +94,8 @@ class EngineConfig:
     """Name of the CacheActor that ModelWorkers share (in Ray namespace `vlray`)."""
     cache_actor_detached: bool = False
     """Create the CacheActor detached, so it outlives the job that started it."""
+    cache_actor_retry_s: float = 30.0
+    """How often a worker whose CacheActor is gone looks it up again by name (it goes on without it meanwhile)."""
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -132,6 +134,8 @@ class EngineConfig:
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}={value!r} must be a whole number of bytes, 0 or more (0 turns the tier "
                                  "off).")
+        if not self.cache_actor_retry_s > 0:
+            raise ValueError(f"cache_actor_retry_s={self.cache_actor_retry_s!r} must be a positive number of seconds.")
         if not self.cache_actor_name:
             raise ValueError("cache_actor_name is empty: name the CacheActor (default vlray-cache).")
 

@@ -71,7 +71,7 @@ class GeneratorBase(ABC):
                 where.append(i)
         for i, result in zip(where, self._generate_all(prepared, None)):
             results[i] = result
-        self._count(results)
+        self.count_results(results)
         self.stats.wall_seconds += time.perf_counter() - start
         return results  # type: ignore[return-value]
 
@@ -82,7 +82,7 @@ class GeneratorBase(ABC):
         With a sink, every request's text is also streamed to it while it is generated."""
         start = time.perf_counter()
         results = self._generate_all(prepared, sink)
-        self._count(results)
+        self.count_results(results)
         self.stats.wall_seconds += time.perf_counter() - start
         return results
 
@@ -93,11 +93,11 @@ class GeneratorBase(ABC):
         start = time.perf_counter()
         outcomes = self._preprocess_all(requests)
         failed = [o for o in outcomes if isinstance(o, GenerationResult)]
-        self._count(failed)
+        self.count_results(failed)
         yield from failed
         for event in self._stream_prepared([o for o in outcomes if not isinstance(o, GenerationResult)]):
             if isinstance(event, GenerationResult):
-                self._count([event])
+                self.count_results([event])
             yield event
         self.stats.wall_seconds += time.perf_counter() - start
 
@@ -141,7 +141,9 @@ class GeneratorBase(ABC):
     def _generate_all(self, prepared: Sequence[PreparedRequest], sink: DeltaSink | None) -> list[GenerationResult]:
         """One result per prepared request, in order; streams to `sink` when given."""
 
-    def _count(self, results: Sequence[GenerationResult | None]) -> None:
+    def count_results(self, results: Sequence[GenerationResult | None]) -> None:
+        """Add results to the stats (rows ok and failed, tokens). The whole-list calls count their own; a caller
+        of the step API (`add`/`step`, as AsyncEngine is) counts what it hands out."""
         for result in results:
             if result is None:
                 continue

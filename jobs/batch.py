@@ -31,8 +31,8 @@ from actors.batch_stages import (  # noqa: E402
 )
 from actors.cache_actor import get_or_create_cache_actor  # noqa: E402
 from actors.id_registry import IdRegistry  # noqa: E402
+from actors.placement import Placement, plan_worker_resources  # noqa: E402
 from actors.stats_collector import StatsCollector  # noqa: E402
-from actors.worker_factory import plan_worker_resources  # noqa: E402
 from engine.config import DEFAULT_MAX_PIXELS, EngineConfig  # noqa: E402
 from engine.model_source import ModelNotFoundError, resolve_model_dir  # noqa: E402
 from engine.shard_writer import OutputNotWritableError, ShardWriter, check_output_writable, read_committed  # noqa: E402
@@ -110,10 +110,12 @@ def run_job(args: argparse.Namespace, config: EngineConfig, kind: str, input_pat
     """Compose the stages, stream results into shards, and return the job's stats."""
     start = time.perf_counter()
     done_ids, done_sources = read_committed(output_path)
-    registry = IdRegistry.remote(done_ids, done_sources)
-    collector = StatsCollector.remote()
-    cache_actor = get_or_create_cache_actor(config) if config.uses_content_cache else None
-    resources = plan_worker_resources(ray.cluster_resources(), args.num_workers, config, args.worker_cpus)
+    placement = Placement.of_cluster()
+    registry = IdRegistry.options(**placement.control_options()).remote(done_ids, done_sources)
+    collector = StatsCollector.options(**placement.control_options()).remote()
+    cache_actor = (get_or_create_cache_actor(config, placement.cache_options()) if config.uses_content_cache
+                   else None)
+    resources = plan_worker_resources(placement.model_node_resources(), args.num_workers, config, args.worker_cpus)
     defaults = {"prompt": args.prompt, "temperature": args.temperature}
 
     # Small blocks (see read_input): a block is what flows from stage to stage, so small ones spread rows over
@@ -125,10 +127,11 @@ def run_job(args: argparse.Namespace, config: EngineConfig, kind: str, input_pat
         dataset = dataset.limit(args.limit)
     dataset = dataset.map_batches(parse_rows, **parse_stage_args(kind, str(input_path), defaults, registry,
                                                                  block_rows))
-    dataset = dataset.map_batches(PreprocessStage, **preprocess_stage_args(config, collector,
-                                                                           args.preprocess_workers))
+    dataset = dataset.map_batches(PreprocessStage, **preprocess_stage_args(
+        config, collector, args.preprocess_workers, placement.preprocess_options()))
     dataset = dataset.map_batches(GenerateStage, **generate_stage_args(
-        config, collector, not args.no_bucketing, args.num_workers, resources, args.window_rows))
+        config, collector, not args.no_bucketing, args.num_workers, placement.model_options(resources),
+        args.window_rows))
 
     total = min(total, args.limit) if args.limit is not None else total
     progress = Progress(max(0, total - len(done_sources)))
@@ -145,8 +148,10 @@ def run_job(args: argparse.Namespace, config: EngineConfig, kind: str, input_pat
         progress.update(len(rows))
     writer.flush()
     progress.close()
-    stats = job_stats(tally, ray.get(collector.collect.remote()), ray.get(registry.counts.remote()),
-                      time.perf_counter() - start, write_seconds, writer.num_shards)
+    wall = time.perf_counter() - start
+    stats = job_stats(tally, ray.get(collector.collect.remote()), ray.get(registry.counts.remote()), wall,
+                      write_seconds, writer.num_shards, ray.get(collector.retries.remote()),
+                      tally.first_result_time - start if tally.first_result_time is not None else wall)
     stats["cache"] = ray.get(cache_actor.stats.remote()) if cache_actor is not None else None
     return stats
 

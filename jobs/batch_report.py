@@ -52,8 +52,11 @@ class ResultTally:
         self.prompt_tokens = 0
         self.generated_tokens = 0
         self.errors_by_kind: Counter = Counter()
+        self.first_result_time: float | None = None  # perf_counter() when the first result came
 
     def add(self, result: GenerationResult) -> None:
+        if self.first_result_time is None:
+            self.first_result_time = time.perf_counter()
         if result.ok:
             self.rows_ok += 1
             self.prompt_tokens += result.num_prompt_tokens
@@ -64,8 +67,11 @@ class ResultTally:
 
 
 def job_stats(tally: ResultTally, stage_reports: dict[str, list[Any]], registry_counts: dict[str, int],
-              wall_seconds: float, write_seconds: float, num_shards: int) -> dict[str, Any]:
-    """The stats JSON: rows, tokens, throughput, padding, seconds per stage, generate-stage wait fraction."""
+              wall_seconds: float, write_seconds: float, num_shards: int,
+              retries: dict[str, dict[str, int]], seconds_to_first_result: float) -> dict[str, Any]:
+    """The stats JSON: rows, tokens, throughput, padding, seconds per stage, generate-stage wait fraction,
+    the work done again after a lost actor or node (`retries`, per actor stage), and the seconds until the first
+    result (actors started, models loaded: what a longer job amortises)."""
     generation = PipelineStats()
     for report in stage_reports.get("generate", []):
         generation = generation.merge(report["stats"])
@@ -80,6 +86,7 @@ def job_stats(tally: ResultTally, stage_reports: dict[str, list[Any]], registry_
         "prompt_tokens": tally.prompt_tokens,
         "generated_tokens": tally.generated_tokens,
         "wall_seconds": round(wall_seconds, 3),
+        "seconds_to_first_result": round(seconds_to_first_result, 3),
         "rows_per_second": round(rows / wall_seconds, 3) if wall_seconds else 0.0,
         "generated_tokens_per_second": round(tally.generated_tokens / wall_seconds, 3) if wall_seconds else 0.0,
         "padding_fraction": round(generation.padding_fraction, 4),
@@ -95,7 +102,12 @@ def job_stats(tally: ResultTally, stage_reports: dict[str, list[Any]], registry_
         },
         "generate_wait_fraction": round(waited / (waited + busy), 4) if busy + waited else 0.0,
         "errors_by_kind": dict(tally.errors_by_kind),
-        "generate_workers": [{"node_id": r["node_id"], "rows": r["rows"]} for r in stage_reports.get("generate", [])],
+        "generate_workers": [{"node_id": r["node_id"], "rows": r["rows"], "restarted": r.get("restarted", False),
+                              "busy_seconds": round(r["busy_seconds"], 3), "wait_seconds": round(r["wait_seconds"], 3)}
+                             for r in stage_reports.get("generate", [])],
+        "retries": {stage: {**retries.get(stage, {"windows": 0, "rows": 0}),
+                            "actor_restarts": sum(1 for r in stage_reports.get(stage, []) if r.get("restarted"))}
+                    for stage in ("preprocess", "generate")},
         "output_shards": num_shards,
     }
 
@@ -112,7 +124,7 @@ def print_summary(stats: dict[str, Any], console: Console | None = None) -> None
                        ("rows/s", "rows_per_second"), ("generated tokens/s", "generated_tokens_per_second"),
                        ("padding fraction", "padding_fraction"), ("generate wait fraction", "generate_wait_fraction"),
                        ("images / encoded", "images"),
-                       ("wall seconds", "wall_seconds")]:
+                       ("wall seconds", "wall_seconds"), ("seconds to first result", "seconds_to_first_result")]:
         value = f"{stats['images']} / {stats['images_encoded']}" if key == "images" else str(stats[key])
         table.add_row(label, value)
     for stage, seconds in stats["stage_seconds"].items():
@@ -122,6 +134,11 @@ def print_summary(stats: dict[str, Any], console: Console | None = None) -> None
         hits = ", ".join(f"{tier} {count}" for tier, count in cache["hits"].items())
         table.add_row("cache hits (per tier) / misses", f"{hits} / {cache['misses']}")
     console.print(table)
+    retried = {stage: r for stage, r in stats["retries"].items() if r["rows"] or r["actor_restarts"]}
+    if retried:
+        console.print("done again after a lost actor or node: " + ", ".join(
+            f"{stage}: {r['rows']} rows in {r['windows']} windows, {r['actor_restarts']} actor restarts"
+            for stage, r in retried.items()))
     if stats["errors_by_kind"]:
         errors = ", ".join(f"{kind}: {count}" for kind, count in sorted(stats["errors_by_kind"].items()))
         console.print(f"errors by kind: {errors}")

@@ -28,6 +28,9 @@ from jobs.sample_images import make_sample_images  # noqa: E402
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests on a multi-node Cluster of their own run last: a Cluster cannot share this process with the session's
+    # local Ray, so their fixture shuts that down (a stable sort keeps every other order as it was).
+    items.sort(key=lambda item: "multinode" in item.keywords)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -37,8 +37,14 @@ def test_late_request_joins_and_finishes_before_the_long_one(engine):
         assert not long.done()
         return await long, await asyncio.gather(*short)
 
+    before = engine.reset_stats()
     long_result, short_results = asyncio.run(main())
     server.close()
+    # The step loop counts what it hands out, as the whole-list calls do (metrics and stats read these).
+    assert before.num_ok == len(PROMPTS) + 1
+    assert engine.stats.num_ok == len(PROMPTS) + 1
+    assert engine.stats.num_generated_tokens == len(long_result.token_ids) + sum(
+        len(r.token_ids) for r in short_results)
     assert long_result.token_ids == long_alone
     assert {r.id: r.token_ids for r in short_results} == alone
     assert finished_order[-1] == "long"  # the short ones joined mid-run and left before it ended

@@ -120,3 +120,41 @@ def test_pipeline_workers_use_the_actor_the_factory_starts(ray_local, tiny_confi
     assert stats["num_images"] == 2 and stats["num_images_encoded"] == 1
     assert stats["cache"]["puts"] == 2 and stats["cache"]["hits"]["hot"] == 2
     ray_local.kill(find_cache_actor(config.cache_actor_name))
+
+
+def test_a_killed_cache_actor_costs_time_not_answers(ray_local, tiny_config, tiny_loaded, sample_images, tmp_path):
+    """The fault: the cache actor dies under a working ModelWorker. The worker goes on without it (encoding its
+    images again, the same answers), and finds the cache actor started in its place, whose warm tier on disk
+    still holds what the dead one stored."""
+    from actors.model_worker import ModelWorker
+
+    # No hot tier: every entry goes to warm files, which outlive the actor's process. No KV prefix cache: it
+    # would serve the repeated prompts without the vision encoder, cache actor or not.
+    config = cache_config(tiny_config, tmp_path, cache_hot_bytes=0, cache_actor_retry_s=1.0,
+                          enable_prefix_caching=False)
+    actor = get_or_create_cache_actor(config)
+    requests = [{"id": f"r{i}", "prompt": "What is this?", "images": [str(image)], "max_tokens": 4}
+                for i, image in enumerate(sample_images[:3])]
+    worker = ModelWorker.options(num_cpus=1).remote(config)
+    try:
+        before = ray_local.get(worker.generate.remote(requests))
+        assert ray_local.get(worker.stats.remote()).num_images_encoded == 3
+
+        ray_local.kill(actor)
+        wait_until_dead(ray_local, actor)
+        without = ray_local.get(worker.generate.remote(requests))
+        assert ray_local.get(worker.stats.remote()).num_images_encoded == 6  # encoded again: slower, not wrong
+
+        replacement = get_or_create_cache_actor(config)  # on the same folder
+        time.sleep(config.cache_actor_retry_s)  # the worker looks the name up again after this long
+        after = ray_local.get(worker.generate.remote(requests))
+        stats = ray_local.get(worker.stats.remote())
+        replacement_stats = ray_local.get(replacement.stats.remote())
+    finally:
+        ray_local.kill(worker)
+    expected = BatchGenerator(tiny_loaded, tiny_config.with_updates(cache=False)).generate(requests)
+    for results in (before, without, after):
+        assert [r.token_ids for r in results] == [r.token_ids for r in expected]
+    assert stats.num_images_encoded == 6  # the third round: every image from the new actor's warm tier
+    assert replacement_stats["hits"]["warm"] == 6  # 3 preprocessed images + 3 encoder outputs
+    ray_local.kill(replacement)

@@ -4,7 +4,8 @@ requests over workers and keeps their order."""
 import pytest
 
 from actors.inference_pipeline import InferencePipeline
-from actors.worker_factory import WorkerResources, plan_worker_resources, split_evenly
+from actors.placement import WorkerResources, plan_worker_resources
+from actors.worker_factory import split_evenly
 from engine.batch_generator import BatchGenerator
 from engine.config import EngineConfig
 

@@ -10,7 +10,7 @@ from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
 from actors.openai_deployment import replica_resources
-from actors.worker_factory import WorkerResources
+from actors.placement import WorkerResources
 from engine.server_config import ServerConfig
 from jobs.serve import app
 

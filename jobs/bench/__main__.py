@@ -10,7 +10,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on 127.0.0.1
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from jobs.bench import batch_bench, cache_bench, engine_bench, generate_bench, serve_bench  # noqa: E402
+from jobs.bench import batch_bench, cache_bench, cluster_bench, engine_bench, generate_bench, serve_bench  # noqa: E402
 
 BENCHMARKS = {
     "generate": (generate_bench, "batched generation vs plain generate one request at a time"),
@@ -18,6 +18,7 @@ BENCHMARKS = {
     "batch": (batch_bench, "the Ray Data batch job vs plain generate one row at a time"),
     "serve": (serve_bench, "the OpenAI server: 1, 4, 16 concurrent clients; 16 concurrent vs 16 sequential"),
     "cache": (cache_bench, "4 questions per image with the caches on vs off; weights-cache cold start"),
+    "cluster": (cluster_bench, "the batch job on one and on two simulated model nodes"),
 }
 
 
