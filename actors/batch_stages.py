@@ -1,14 +1,12 @@
-"""The stages of the batch job as Ray Data UDFs, each with its map_batches arguments declared next to it.
+"""The model-side stages of the batch job (preprocess, generate) as Ray Data UDFs, each with its map_batches
+arguments declared next to it; parsing and the row format are in actors/batch_parse.py.
 
-Rows travel between stages as two columns: `source` and `blob`, a pickled BatchRow (request, prepared
-tensors, result). A row that failed keeps flowing with its error result, so every input row reaches the
-output exactly once.
+A row that failed keeps flowing with its error result, so every input row reaches the output exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import pickle
 import time
 import uuid
 from typing import Any
@@ -18,28 +16,16 @@ import ray
 from ray.actor import ActorHandle
 from ray.data import ActorPoolStrategy
 
+from actors.batch_parse import pack, unpack
 from actors.cache_client import CacheActorClient
-from actors.batch_datasources import LINE_COLUMN, SOURCE_COLUMN, relative_source
-from actors.id_registry import DUPLICATE, SKIP
 from actors.metrics import VlrayMetrics
 from engine.async_engine import AsyncEngine
-from engine.batch_rows import BatchRow, parse_jsonl_line, split_row
 from engine.config import EngineConfig
 from engine.generator_factory import create_generator
 from engine.model_loader import load_preprocessor, set_cpu_threads
 from engine.request import GenerationResult, RequestError, request_id_of
 
-INPUT_JSONL, INPUT_PARQUET, INPUT_IMAGES = "jsonl", "parquet", "images"
 WINDOWS_IN_FLIGHT = 2
-
-
-def pack(rows: list[BatchRow]) -> pa.Table:
-    return pa.table({"source": pa.array([r.source for r in rows], type=pa.string()),
-                     "blob": pa.array([pickle.dumps(r, protocol=5) for r in rows], type=pa.binary())})
-
-
-def unpack(batch: pa.Table) -> list[BatchRow]:
-    return [pickle.loads(blob) for blob in batch.column("blob").to_pylist()]
 
 
 def incarnation_key() -> str:
@@ -49,53 +35,6 @@ def incarnation_key() -> str:
     return f"{context.get_actor_id()}/{uuid.uuid4().hex[:8]}"
 
 
-# -- parse: raw rows -> BatchRow with a request (or an error), resume and duplicate checks ----------------
-
-def parse_rows(batch: pa.Table, input_kind: str, input_root: str, defaults: dict[str, Any],
-               registry: ActorHandle) -> pa.Table:
-    """Turn raw input rows into requests; drop rows committed by an earlier run; flag duplicate ids.
-
-    `defaults` (the job's --prompt, --temperature, ...) fill the fields a row does not set itself.
-    """
-    rows = [_parse_one(raw, input_kind, input_root, defaults) for raw in batch.to_pylist()]
-    verdicts = ray.get(registry.claim.remote(
-        [(r.source, request_id_of(r.request) if r.request is not None else None) for r in rows]))
-    kept = []
-    for row, verdict in zip(rows, verdicts):
-        if verdict == SKIP:
-            continue
-        if verdict == DUPLICATE and row.result is None:
-            row_id = request_id_of(row.request)
-            row.result = GenerationResult.failed(row_id, RequestError(
-                f"duplicate id {row_id!r}: row {row.source} repeats an id that another row already has",
-                kind="duplicate_id"))
-        kept.append(row)
-    return pack(kept)
-
-
-def _parse_one(raw: dict[str, Any], input_kind: str, input_root: str, defaults: dict[str, Any]) -> BatchRow:
-    if input_kind == INPUT_IMAGES:
-        source = relative_source(raw["path"], input_root)
-        fields: dict[str, Any] = {"id": source, "images": [raw["bytes"]]}
-    else:
-        source = raw.pop(SOURCE_COLUMN)
-        try:
-            fields = parse_jsonl_line(raw[LINE_COLUMN], source) if input_kind == INPUT_JSONL else raw
-        except RequestError as exc:
-            return BatchRow(source, result=GenerationResult.failed(None, exc))
-    request, extra = split_row(fields, defaults)
-    return BatchRow(source, extra, request)
-
-
-def parse_stage_args(input_kind: str, input_root: str, defaults: dict[str, Any], registry: ActorHandle,
-                     block_rows: int) -> dict[str, Any]:
-    """Light tasks (a quarter CPU): parsing is cheap, and the CPUs belong to preprocessing and generation. One
-    block per task, so blocks stay as small as the read made them."""
-    return dict(fn_kwargs=dict(input_kind=input_kind, input_root=input_root, defaults=defaults,
-                               registry=registry),
-                batch_format="pyarrow", batch_size=block_rows, num_cpus=0.25)
-
-
 # -- preprocess: CPU actors decode images, resize, apply the chat template, tokenize ----------------------
 
 class PreprocessStage:
@@ -103,7 +42,7 @@ class PreprocessStage:
 
     def __init__(self, config: EngineConfig, collector: ActorHandle) -> None:
         # Through the job's CacheActor when caching is on: an image seen before is not decoded again.
-        cache = CacheActorClient.connect(config.cache_actor_name, config.cache_actor_retry_s) if config.uses_preprocessed_cache else None
+        cache = CacheActorClient.of_config(config) if config.uses_preprocessed_cache else None
         self.preprocessor = load_preprocessor(config, image_cache=cache)
         self.collector = collector
         self.actor_key = incarnation_key()
@@ -151,7 +90,7 @@ class GenerateStage:
     def __init__(self, config: EngineConfig, collector: ActorHandle, bucket: bool, window_rows: int) -> None:
         granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         set_cpu_threads(config.num_threads or max(1, int(granted)))
-        cache = CacheActorClient.connect(config.cache_actor_name, config.cache_actor_retry_s) if config.uses_content_cache else None
+        cache = CacheActorClient.of_config(config) if config.uses_content_cache else None
         self.generator = create_generator(config, bucket=bucket, cache=cache)
         # Ray Data bounds what is in flight (tasks per actor, and up to 4 batches per task for async UDFs);
         # the engine's queue only has to hold all of it.

@@ -17,6 +17,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import RayActorError, RayError
 
 from actors.cache_actor import find_cache_actor
+from engine.config import EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,11 @@ class CacheActorClient:
         self.retry_s = retry_s
         self._retry_at = 0.0
         self.num_failures = 0
+
+    @classmethod
+    def of_config(cls, config: EngineConfig) -> "CacheActorClient | None":
+        """A client of the config's CacheActor (its name and retry interval), or None when none runs."""
+        return cls.connect(config.cache_actor_name, config.cache_actor_retry_s)
 
     @classmethod
     def connect(cls, name: str, retry_s: float = 30.0) -> "CacheActorClient | None":

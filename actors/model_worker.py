@@ -31,7 +31,7 @@ class ModelWorker:
         # The shared CacheActor when one runs (the worker factory starts it); else a store in this worker.
         self.cache_client = None
         if config.uses_content_cache:
-            self.cache_client = CacheActorClient.connect(config.cache_actor_name, config.cache_actor_retry_s)
+            self.cache_client = CacheActorClient.of_config(config)
         self.generator = create_generator(config, cache=self.cache_client)
         self.metrics = VlrayMetrics("pipeline", config.model)
 

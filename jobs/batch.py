@@ -20,15 +20,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import ray  # noqa: E402
 from ray.data import DataContext  # noqa: E402
 
-from actors.batch_stages import (  # noqa: E402
-    GenerateStage,
-    PreprocessStage,
-    generate_stage_args,
-    parse_rows,
-    parse_stage_args,
-    preprocess_stage_args,
-    unpack,
-)
+from actors.batch_parse import parse_rows, parse_stage_args, unpack  # noqa: E402
+from actors.batch_stages import GenerateStage, PreprocessStage, generate_stage_args, preprocess_stage_args  # noqa: E402
 from actors.cache_actor import get_or_create_cache_actor  # noqa: E402
 from actors.id_registry import IdRegistry  # noqa: E402
 from actors.placement import Placement, plan_worker_resources  # noqa: E402

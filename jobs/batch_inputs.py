@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from actors.batch_datasources import JsonlLinesDatasource, ParquetRowsDatasource
-from actors.batch_stages import INPUT_IMAGES, INPUT_JSONL, INPUT_PARQUET
+from actors.batch_parse import INPUT_IMAGES, INPUT_JSONL, INPUT_PARQUET
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 IMAGE_EXTENSIONS = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"]

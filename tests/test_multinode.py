@@ -153,14 +153,18 @@ def test_metrics_reach_each_nodes_prometheus_endpoint(nodes, healthy_job):
     # The job's cache actor (fresh in this cluster, beside the driver) publishes its lookups as it serves them.
     cache = stats["cache"]
     assert cache["misses"] + sum(cache["hits"].values()) >= 4  # every image row looked its image up
-    deadline = time.monotonic() + 30
-    while metric_total(ports.values(), "ray_vlray_cache_misses_total") < cache["misses"] and \
-            time.monotonic() < deadline:
+
+    def cache_published() -> dict:
+        return {"misses": metric_total(ports.values(), "ray_vlray_cache_misses_total"),
+                "hits": {tier: metric_total(ports.values(), "ray_vlray_cache_hits_total", tier=tier)
+                         for tier in cache["hits"]},
+                "hot_bytes": metric_total(ports.values(), "ray_vlray_cache_bytes", tier="hot")}
+
+    expected = {"misses": cache["misses"], "hits": cache["hits"], "hot_bytes": cache["bytes"]["hot"]}
+    deadline = time.monotonic() + 30  # the last lookups and puts are exported a second or so after they happen
+    while cache_published() != expected and time.monotonic() < deadline:
         time.sleep(1)
-    assert metric_total(ports.values(), "ray_vlray_cache_misses_total") == cache["misses"]
-    for tier, hits in cache["hits"].items():
-        assert metric_total(ports.values(), "ray_vlray_cache_hits_total", tier=tier) == hits
-    assert metric_total([ports[nodes.head.node_id]], "ray_vlray_cache_bytes", tier="hot") == cache["bytes"]["hot"]
+    assert cache_published() == expected
 
 
 def _model_actor_processes(node) -> list[psutil.Process]:
