@@ -38,7 +38,7 @@ def _job_args(model_dir, input_path, output) -> list[str]:
 
 
 def test_killed_job_resumes_with_every_id_once(tiny_model_dir, tmp_path):
-    ids = [f"r{i}" for i in range(240)]
+    ids = [f"r{i}" for i in range(120)]
     with open(tmp_path / "in.jsonl", "w") as f:
         for i, row_id in enumerate(ids):
             f.write(json.dumps({"id": row_id, "prompt": f"Count the objects, number {i}."}) + "\n")
