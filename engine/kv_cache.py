@@ -81,6 +81,8 @@ class KVCache:
         """Contexts of block tables [B, nb] as K, V [B, heads, nb x block_size, dim] (SDPA's layout)."""
         rows, num_blocks = block_tables.shape
         length = num_blocks * self.shape.block_size
-        k = self.k[layer][block_tables].view(rows, length, self.shape.num_kv_heads, self.shape.head_dim)
-        v = self.v[layer][block_tables].view(rows, length, self.shape.num_kv_heads, self.shape.head_dim)
+        # index_select on the flat table, not k[layer][block_tables]: the same copy, about 2x faster on CPU.
+        flat = block_tables.reshape(-1)
+        k = self.k[layer].index_select(0, flat).view(rows, length, self.shape.num_kv_heads, self.shape.head_dim)
+        v = self.v[layer].index_select(0, flat).view(rows, length, self.shape.num_kv_heads, self.shape.head_dim)
         return k.transpose(1, 2), v.transpose(1, 2)
