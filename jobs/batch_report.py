@@ -112,6 +112,12 @@ def job_stats(tally: ResultTally, stage_reports: dict[str, list[Any]], registry_
     }
 
 
+def generating_seconds(stats: dict[str, Any]) -> float:
+    """The job's generating phase, without the start-up before it (worker processes, model loads): each model
+    actor is busy or waiting from its first window to its last, and the longest of those spans is the phase."""
+    return max((w["busy_seconds"] + w["wait_seconds"] for w in stats["generate_workers"]), default=0.0)
+
+
 def print_summary(stats: dict[str, Any], console: Console | None = None) -> None:
     """A short table of the figures that matter, and the errors by kind."""
     console = console or Console()

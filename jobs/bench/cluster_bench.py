@@ -17,6 +17,7 @@ from pathlib import Path
 
 from jobs.bench.batch_bench import run_job, write_workload
 from jobs.bench.bench_models import tiny_model_dir
+from jobs.batch_report import generating_seconds
 from jobs.bench.simulated_cluster import simulated_cluster
 
 
@@ -32,9 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _figures(stats: dict) -> dict:
-    # Each model actor is busy or waiting from its first window to its last: the longest of those spans is the
-    # job's generating phase, without the start-up (worker processes, model loads) before it.
-    generating = max(w["busy_seconds"] + w["wait_seconds"] for w in stats["generate_workers"])
+    generating = generating_seconds(stats)
     return {
         "rows_per_s": stats["rows_per_second"],
         "rows_per_s_generating": stats["rows"] / generating if generating > 0 else 0.0,
