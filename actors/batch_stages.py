@@ -95,7 +95,7 @@ class GenerateStage:
         # Ray Data bounds what is in flight (tasks per actor, and up to 4 batches per task for async UDFs);
         # the engine's queue only has to hold all of it.
         self.engine = AsyncEngine(self.generator, config.max_batch_tokens, config.max_batch_size,
-                                  max_queued_requests=4 * WINDOWS_IN_FLIGHT * window_rows)
+                                  max_queued_requests=4 * WINDOWS_IN_FLIGHT * window_rows, bucket=bucket)
         self.collector = collector
         self.context = ray.get_runtime_context()
         self.actor_key = incarnation_key()

@@ -74,10 +74,12 @@ class AsyncEngine:
     """`await engine.generate(prepared)` or `async for delta in engine.stream(prepared)`, from any event loop."""
 
     def __init__(self, generator: StreamingGenerator, max_batch_tokens: int, max_batch_size: int,
-                 max_queued_requests: int = 64, batch_wait_s: float = 0.01, retry_after_s: float = 1.0) -> None:
+                 max_queued_requests: int = 64, batch_wait_s: float = 0.01, retry_after_s: float = 1.0,
+                 bucket: bool = True) -> None:
+        """bucket: how a static-batch generator's batches are cut from the queue (see RequestQueue)."""
         self.generator = generator
         self.batch_wait_s = batch_wait_s
-        self.queue = RequestQueue(max_queued_requests, max_batch_tokens, max_batch_size, retry_after_s)
+        self.queue = RequestQueue(max_queued_requests, max_batch_tokens, max_batch_size, retry_after_s, bucket)
         self.max_batch_size = max_batch_size
         self._running: dict[str, _ReplyChannel] = {}  # the batch on the thread, by request id
         self._abandoned: set[str] = set()  # request ids whose callers left while they ran (step engines)

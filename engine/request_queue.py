@@ -35,11 +35,14 @@ class RequestQueue:
     """Bounded FIFO; `take_batch` blocks until there is work and returns one model batch of it."""
 
     def __init__(self, max_queued: int, max_batch_tokens: int, max_batch_size: int,
-                 retry_after_s: float = 1.0) -> None:
+                 retry_after_s: float = 1.0, bucket: bool = True) -> None:
+        """bucket=False: batches are cut from the queue in arrival order, kinds and lengths mixed (the baseline
+        the batch job's --no-bucketing measures); True groups waiting requests by kind and prompt length."""
         if max_queued < 1:
             raise ValueError(f"max_queued={max_queued} must be at least 1")
         self.max_queued = max_queued
         self.max_batch_tokens = max_batch_tokens
+        self.bucket = bucket
         self.max_batch_size = max_batch_size
         self.retry_after_s = retry_after_s
         self._pending: deque[QueuedRequest] = deque()
@@ -110,7 +113,7 @@ class RequestQueue:
         items = [BatchItem(i, q.prepared.kind, q.prepared.num_prompt_tokens, q.prepared.sampling.max_tokens)
                  for i, q in enumerate(self._pending)]
         # The batch that holds the oldest request, so that none waits forever behind better-fitting newcomers.
-        batches = plan_batches(items, self.max_batch_tokens, self.max_batch_size)
+        batches = plan_batches(items, self.max_batch_tokens, self.max_batch_size, self.bucket)
         chosen = {item.index for item in next(b for b in batches if any(item.index == 0 for item in b))}
         taken = [q for i, q in enumerate(self._pending) if i in chosen]
         self._pending = deque(q for i, q in enumerate(self._pending) if i not in chosen)

@@ -29,6 +29,14 @@ def test_the_batch_holds_the_oldest_request_and_its_kind_only():
     assert len(queue) == 0
 
 
+def test_without_bucketing_batches_follow_arrival_order():
+    queue = RequestQueue(max_queued=10, max_batch_tokens=1000, max_batch_size=3, bucket=False)
+    for item in [_item("t1"), _item("i1", image=True), _item("t2"), _item("i2", image=True)]:
+        queue.put(item)
+    assert _ids(queue.take_batch()) == ["t1", "i1", "t2"]  # kinds mixed, as they came
+    assert _ids(queue.take_batch()) == ["i2"]
+
+
 def test_token_budget_and_batch_size_cut_batches():
     queue = RequestQueue(max_queued=10, max_batch_tokens=100, max_batch_size=3)
     # rows x (longest prompt + most new tokens): 3 x (20 + 10) = 90 fits, a 4th row would not fit the size.
