@@ -162,8 +162,7 @@ def run(args: argparse.Namespace) -> dict:
     static = BatchGenerator(loaded, config)
     single = BatchGenerator(loaded, config.with_updates(max_batch_size=1))
     prepared = [engine.preprocessor.prepare(r) for r in workload(count, max_output)]
-    engine.generate_prepared(prepared[:2])  # warm-up outside the clocks
-    engine.block_manager.reset_prefix_cache()  # measure with a cold prefix cache
+    engine.generate_prepared(prepared[:2])  # warm-up outside the clocks (each round resets the prefix cache)
 
     figures: dict = {"model": args.size, "device": loaded.profile.describe(), "requests": count}
 
