@@ -51,7 +51,11 @@ class ServerConfig(BaseModel):
         default=False, description="Fetch http(s) image URLs (the server fetches any URL it is sent: trusted "
                                    "clients only).")
     max_image_fetch_bytes: int = Field(default=DEFAULT_MAX_FETCH_BYTES, ge=1)
-    image_fetch_timeout_s: float = Field(default=DEFAULT_FETCH_TIMEOUT_S, gt=0)
+    image_fetch_timeout_s: float = Field(default=DEFAULT_FETCH_TIMEOUT_S, gt=0,
+                                         description="One deadline per image fetch: connect, headers, body, redirects.")
+    allow_private_image_hosts: bool = Field(
+        default=False, description="Fetch images from private, loopback and link-local addresses too (refused by "
+                                   "default, after DNS and on every redirect): trusted networks only.")
 
     @model_validator(mode="after")
     def _engine_settings_are_valid(self) -> "ServerConfig":
@@ -72,4 +76,4 @@ class ServerConfig(BaseModel):
 
     def image_policy(self) -> ImagePolicy:
         return ImagePolicy.for_server(self.image_root, self.allow_http_images, self.max_image_fetch_bytes,
-                                      self.image_fetch_timeout_s)
+                                      self.image_fetch_timeout_s, self.allow_private_image_hosts)
