@@ -43,7 +43,8 @@ class GeneratorBase(ABC):
         self.cache = cache
         self.preprocessor = RequestPreprocessor(
             loaded.processor, loaded.max_model_len, config.default_max_tokens, config.max_input_pixels,
-            image_cache=cache if config.uses_preprocessed_cache else None)
+            image_cache=cache if config.uses_preprocessed_cache else None,
+            max_images_per_request=config.max_images_per_request, max_request_chars=config.max_request_chars)
         self.vision_encoder = VisionEncoder(loaded.model, loaded.profile)
         self.encoder_cache = (
             CachedVisionEncoder(self.vision_encoder, cache, processor_settings(loaded.processor), loaded.fingerprint)

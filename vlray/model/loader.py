@@ -63,7 +63,9 @@ def load_preprocessor(config: EngineConfig, image_cache: BlobCache | None = None
     context = AutoConfig.from_pretrained(str(model_dir)).text_config.max_position_embeddings
     max_model_len = min(config.max_model_len, context) if config.max_model_len else context
     return RequestPreprocessor(processor, max_model_len, config.default_max_tokens, config.max_input_pixels,
-                               image_cache=image_cache if config.uses_preprocessed_cache else None)
+                               image_cache=image_cache if config.uses_preprocessed_cache else None,
+                               max_images_per_request=config.max_images_per_request,
+                               max_request_chars=config.max_request_chars)
 
 
 def load_model(config: EngineConfig, profile: DeviceProfile | None = None) -> LoadedModel:
