@@ -59,8 +59,9 @@ def plan_worker_resources(cluster: Mapping[str, float], num_workers: int, config
     gpus = cluster.get("GPU", 0.0)
     if wants_gpus(cluster, config):
         if num_workers > gpus and not can_autoscale:
-            raise NotEnoughGpusError(f"{num_workers} GPU workers asked for, but the cluster has {int(gpus)} GPUs and no "
-                             "autoscaler to add more: use --num-workers at most the GPU count (one model per GPU).")
+            raise NotEnoughGpusError(
+                f"{num_workers} GPU workers asked for, but the cluster has {int(gpus)} GPUs and no autoscaler to add "
+                "more: use --num-workers at most the GPU count (one model per GPU).")
         return WorkerResources(num_cpus=num_cpus_per_worker or 1.0, num_gpus=1.0)
     cpus = cluster.get("CPU", 1.0)
     return WorkerResources(num_cpus=num_cpus_per_worker or max(1.0, float(int(cpus // num_workers))), num_gpus=0.0)

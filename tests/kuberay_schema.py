@@ -121,7 +121,8 @@ def resource_schema(kind: str) -> dict[str, Any]:
 @cache
 def k8s_registry() -> Registry:
     """The shipped Kubernetes definitions, registered under the URI their own references use."""
-    path = files("kubernetes_validate") / "kubernetes-json-schema" / f"v{K8S_VERSION}-local-strict" / "_definitions.json"
+    folder = files("kubernetes_validate") / "kubernetes-json-schema" / f"v{K8S_VERSION}-local-strict"
+    path = folder / "_definitions.json"
     definitions = json.loads(path.read_text())
     assert definitions["$id"] == K8S_DEFINITIONS, definitions["$id"]
     return Resource.from_contents(definitions) @ Registry()

@@ -83,7 +83,8 @@ def test_a_fixed_cluster_short_of_gpus_fails_at_once_and_an_autoscaling_one_plan
     with pytest.raises(NotEnoughGpusError, match="no autoscaler to add more"):
         plan_worker_resources({"CPU": 8, "GPU": 1}, 4, config)
     assert plan_worker_resources({"CPU": 8, "GPU": 1}, 4, config, can_autoscale=True) == ONE_GPU
-    assert plan_worker_resources({"CPU": 8}, 2, config.with_updates(device_profile="sm61"), can_autoscale=True) == ONE_GPU
+    gpu_profile = config.with_updates(device_profile="sm61")
+    assert plan_worker_resources({"CPU": 8}, 2, gpu_profile, can_autoscale=True) == ONE_GPU  # none alive yet
     assert plan_worker_resources({"CPU": 8}, 2, config, can_autoscale=True).num_gpus == 0  # auto, no GPU: a laptop
 
 
