@@ -26,7 +26,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.autoscaler import DEFAULT_SCALE_TIMEOUT_S, NotEnoughGpusError, autoscaler_view, wait_for_gpus
-from engine.config import EngineConfig
+from vlray.config import EngineConfig
 
 ROLE_LABEL = "vlray.io/role"
 """The node label cluster/ configs set: `head`, `model` (GPU workers), `preprocess` (CPU workers), `cache`."""
