@@ -23,9 +23,11 @@ class PreprocessPool:
     """Runs a preprocessing call in the lane its request belongs to, off the event loop."""
 
     def __init__(self, num_cpus: int, num_fetch_threads: int = 16) -> None:
-        cpus = max(1, num_cpus)
-        self._lanes = {LIGHT: ThreadPoolExecutor(cpus, thread_name_prefix="vlray-light"),
-                       HEAVY: ThreadPoolExecutor(cpus, thread_name_prefix="vlray-heavy"),
+        # Per lane, what asyncio.to_thread's own pool would be for these CPUs (cpus + 4): decoding and
+        # tokenising release the GIL in parts, so a few threads past the CPUs keep them busy.
+        threads = max(1, num_cpus) + 4
+        self._lanes = {LIGHT: ThreadPoolExecutor(threads, thread_name_prefix="vlray-light"),
+                       HEAVY: ThreadPoolExecutor(threads, thread_name_prefix="vlray-heavy"),
                        FETCH: ThreadPoolExecutor(max(1, num_fetch_threads), thread_name_prefix="vlray-fetch")}
 
     @staticmethod
