@@ -20,7 +20,7 @@ from PIL import Image
 
 from actors.serve.deployment import run_local
 from vlray.serving.server_config import ServerConfig
-from vlray.static.static_engine import BatchGenerator
+from vlray.llm import LLM
 from vlray.testing.sample_images import make_image
 
 MODEL = "tiny-fuzz"
@@ -92,7 +92,7 @@ def base_url(ray_local, tiny_model_dir, image_root):
 @pytest.fixture(scope="module")
 def greedy_answer(tiny_loaded, tiny_config):
     """The good request's answer from the engine in this process."""
-    result = BatchGenerator(tiny_loaded, tiny_config).generate(
+    result = LLM(tiny_config.with_updates(backend="hf"), loaded=tiny_loaded).generate(
         [{"id": "good", "messages": GOOD, "max_tokens": GOOD_MAX_TOKENS}])[0]
     return result.text
 

@@ -16,7 +16,7 @@ from vlray.inputs.preprocessor import RequestPreprocessor
 from vlray.serving.app import build_openai_app
 from vlray.serving.chat_service import ChatService
 from vlray.serving.preprocess_pool import HEAVY, LIGHT, PreprocessPool
-from vlray.static.static_engine import BatchGenerator
+from vlray.llm import LLM
 
 MODEL = "tiny"
 OPENAI_ERROR_FIELDS = {"message", "type", "param", "code"}
@@ -24,14 +24,14 @@ OPENAI_ERROR_FIELDS = {"message", "type", "param", "code"}
 
 @pytest.fixture(scope="module")
 def generator(tiny_loaded, tiny_config):
-    return BatchGenerator(tiny_loaded, tiny_config)
+    return LLM(tiny_config.with_updates(backend="hf"), loaded=tiny_loaded)
 
 
 def _app(generator, max_request_bytes=64_000, pool=None, max_admitted=None, **limits):
     loaded, config = generator.loaded, generator.config
     preprocessor = RequestPreprocessor(loaded.processor, loaded.max_model_len, config.default_max_tokens,
                                        config.max_input_pixels, image_policy=ImagePolicy.for_server(), **limits)
-    engine = AsyncEngine(generator, config.max_batch_tokens, config.max_batch_size)
+    engine = AsyncEngine(generator.backend, generator.stats, config.max_batch_size)
     service = ChatService(preprocessor, engine, MODEL, pool=pool, max_admitted=max_admitted, retry_after_s=1.5)
     return build_openai_app(service, max_request_bytes), service
 
