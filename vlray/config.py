@@ -19,6 +19,10 @@ DEFAULT_MAX_PIXELS = 1024 * 1024
 # Images above this are refused before decoding: 8000x6000 (48 MP) is an error, 6000x4000 (24 MP) is decoded
 # and resized. It bounds the memory one request can make a worker decode.
 DEFAULT_MAX_INPUT_PIXELS = 36_000_000
+# Bounds of one request's input, checked before anything is decoded, fetched or tokenised: 16 images of a
+# megapixel are ~16k visual tokens already; a million characters is over 200k tokens of any tokenizer.
+DEFAULT_MAX_IMAGES_PER_REQUEST = 16
+DEFAULT_MAX_REQUEST_CHARS = 1_000_000
 GiB = 1024**3
 # An image's vision-encoder output is ~16 KiB per visual token for Qwen3-VL-2B in 16 bits (embeddings plus three
 # DeepStack layers): 1 GiB hot holds ~64 one-megapixel images, the disk tiers ~25 times that.
@@ -53,6 +57,10 @@ class EngineConfig:
     """Floor on an image's pixels after resizing; None keeps the model's own setting (capped by max_pixels)."""
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
     """Images with more pixels than this are refused before they are decoded."""
+    max_images_per_request: int = DEFAULT_MAX_IMAGES_PER_REQUEST
+    """Images one request may carry; more is refused before any of them is decoded or fetched."""
+    max_request_chars: int = DEFAULT_MAX_REQUEST_CHARS
+    """Text characters one request may carry (all its messages together); more is refused before tokenising."""
     max_model_len: int | None = None
     """Prompt plus generated tokens; None uses the model's max_position_embeddings."""
     default_max_tokens: int = 256
@@ -112,6 +120,8 @@ class EngineConfig:
             raise ValueError(f"dtype={self.dtype!r}: use float32, float16 or bfloat16 (or leave it unset).")
         _require_positive("max_pixels", self.max_pixels)
         _require_positive("max_input_pixels", self.max_input_pixels)
+        _require_positive("max_images_per_request", self.max_images_per_request)
+        _require_positive("max_request_chars", self.max_request_chars)
         _require_positive("default_max_tokens", self.default_max_tokens)
         _require_positive("max_batch_tokens", self.max_batch_tokens)
         _require_positive("max_batch_size", self.max_batch_size)

@@ -57,7 +57,8 @@ class LLM:
         self.cache = cache
         self.preprocessor = RequestPreprocessor(
             self.loaded.processor, self.loaded.max_model_len, config.default_max_tokens, config.max_input_pixels,
-            image_cache=cache if config.uses_preprocessed_cache else None)
+            image_cache=cache if config.uses_preprocessed_cache else None,
+            max_images_per_request=config.max_images_per_request, max_request_chars=config.max_request_chars)
         self.backend = build_backend(self.loaded, config, self.stats, cache)
 
     def generate(self, requests: Sequence[GenerationRequest | dict[str, Any]]) -> list[GenerationResult]:

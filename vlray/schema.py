@@ -12,6 +12,8 @@ from typing import Any, Literal, Union
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vlray.inputs.prepared_request import GREEDY_TEMPERATURE_BELOW, bounded_sampling
+
 ImageSource = Union[str, bytes, Image.Image]
 """A local path, a file:// URL, a data: base64 URL, raw encoded bytes, or a PIL image."""
 
@@ -60,9 +62,12 @@ class GenerationRequest(BaseModel):
     images: list[ImageSource] = Field(default_factory=list, description="Images shown before the prompt.")
     messages: list[ChatMessage] | None = Field(default=None, description="OpenAI-style chat instead of prompt.")
     max_tokens: int | None = Field(default=None, ge=1, description="New tokens at most; None: engine default.")
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 is greedy decoding.")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = Field(default=None, description="Same seed, same sampled tokens.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, allow_inf_nan=False,
+                               description=f"0 is greedy decoding (so is anything under {GREEDY_TEMPERATURE_BELOW:g}).")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False,
+                         description="Nucleus mass; tiny values keep the most likely token.")
+    seed: int | None = Field(default=None, description="Same seed, same sampled tokens; any integer (reduced "
+                                                       "modulo 2**64, the generator's range).")
     stop: list[str] = Field(default_factory=list, description="Strings that end generation (not included).")
 
     @field_validator("id", mode="before")
@@ -93,6 +98,7 @@ class GenerationRequest(BaseModel):
             raise ValueError("a request needs `prompt` or `messages`")
         if any(s == "" for s in self.stop):
             raise ValueError("`stop` strings must not be empty")
+        self.temperature, self.top_p, self.seed = bounded_sampling(self.temperature, self.top_p, self.seed)
         return self
 
     @property

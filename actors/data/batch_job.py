@@ -27,10 +27,11 @@ from actors.data.stages import GenerateStage, PreprocessStage, generate_stage_ar
 from actors.data.stats_collector import StatsCollector  # noqa: E402
 from actors.autoscaler import DEFAULT_SCALE_TIMEOUT_S, NotEnoughGpusError  # noqa: E402
 from actors.placement import place_model_workers  # noqa: E402
-from actors.data.read_input import read_input  # noqa: E402
+from actors.data.read_input import read_input_parts  # noqa: E402
 from vlray.batch.inputs import InputError, count_input_rows, input_kind_of  # noqa: E402
 from vlray.batch.report import Progress, ResultTally, job_stats, print_summary  # noqa: E402
-from vlray.batch.shard_writer import OutputNotWritableError, ShardWriter, check_output_writable, read_committed  # noqa: E402
+from vlray.batch.shard_writer import (OutputNotWritableError, OutputWriteError, ShardWriter, check_output_writable,  # noqa: E402
+                                      drop_retryable_rows, read_committed)
 from vlray.config import DEFAULT_MAX_PIXELS, EngineConfig  # noqa: E402
 from vlray.model.source import ModelNotFoundError, resolve_model_dir  # noqa: E402
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     # Everything that can be wrong with the command fails here, before Ray starts or a model loads.
     try:
         kind = input_kind_of(input_path)
+        total_rows = count_input_rows(input_path, kind)  # every file and Parquet footer, before Ray or a model
         check_output_writable(output_path)
         config = EngineConfig(model=args.model, backend=args.backend, device_profile=args.device_profile,
                               max_pixels=args.max_pixels, default_max_tokens=args.max_tokens,
@@ -93,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     context.enable_progress_bars = False
     context.execution_options.preserve_order = False
     try:
-        stats = run_job(args, config, kind, input_path, output_path)
+        stats = run_job(args, config, kind, input_path, output_path, total_rows)
+    except OutputWriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except NotEnoughGpusError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -107,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_job(args: argparse.Namespace, config: EngineConfig, kind: str, input_path: Path,
-            output_path: Path) -> dict:
+            output_path: Path, total_rows: int | None = None) -> dict:
     """Compose the stages, stream results into shards, and return the job's stats."""
     start = time.perf_counter()
+    drop_retryable_rows(output_path)  # rows that failed beside others are run again
     done_ids, done_sources = read_committed(output_path)
     placement, resources = place_model_workers(args.num_workers, config, args.worker_cpus,
                                                scale_timeout_s=args.scale_timeout)
@@ -122,12 +128,16 @@ def run_job(args: argparse.Namespace, config: EngineConfig, kind: str, input_pat
     # Small blocks (see read_input): a block is what flows from stage to stage, so small ones spread rows over
     # the preprocess actors and stream results to the writer while the job runs.
     block_rows = min(BLOCK_ROWS, args.window_rows)
-    total = count_input_rows(input_path, kind)
-    dataset = read_input(input_path, kind, rows_per_block=block_rows, total_rows=total)
-    if args.limit is not None:
+    total = total_rows if total_rows is not None else count_input_rows(input_path, kind)
+    parts = []
+    for part_kind, part in read_input_parts(input_path, kind, rows_per_block=block_rows, total_rows=total):
+        if args.limit is not None:
+            part = part.limit(args.limit)
+        parts.append(part.map_batches(parse_rows, **parse_stage_args(part_kind, str(input_path), defaults,
+                                                                      registry, block_rows)))
+    dataset = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    if args.limit is not None and len(parts) > 1:
         dataset = dataset.limit(args.limit)
-    dataset = dataset.map_batches(parse_rows, **parse_stage_args(kind, str(input_path), defaults, registry,
-                                                                 block_rows))
     dataset = dataset.map_batches(PreprocessStage, **preprocess_stage_args(
         config, collector, args.preprocess_workers, placement.preprocess_options()))
     dataset = dataset.map_batches(GenerateStage, **generate_stage_args(

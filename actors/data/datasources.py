@@ -15,9 +15,12 @@ import pyarrow.parquet as pq
 from ray.data.block import Block
 from ray.data.datasource import FileBasedDatasource
 
+from vlray.batch.inputs import JSONL_SUFFIXES
+from vlray.batch.text_lines import iter_text_lines
+
 SOURCE_COLUMN = "__source__"
 LINE_COLUMN = "__line__"
-_READ_CHUNK_BYTES = 8 << 20
+ERROR_COLUMN = "__read_error__"
 
 
 def relative_source(path: str, root: str) -> str:
@@ -35,10 +38,11 @@ class JsonlLinesDatasource(FileBasedDatasource):
     generation each, so small blocks keep every stage busy and results streaming to the writer.
     """
 
-    _FILE_EXTENSIONS = ["jsonl", "json", "ndjson"]
+    _FILE_EXTENSIONS = [s.lstrip(".") for s in JSONL_SUFFIXES]
 
     def __init__(self, paths: str | list[str], root: str, rows_per_block: int, **kwargs) -> None:
-        super().__init__(paths, **kwargs)
+        # Only files of these suffixes: a README or an image beside the JSONL is not rows.
+        super().__init__(paths, file_extensions=self._FILE_EXTENSIONS, **kwargs)
         self.root = root
         self.rows_per_block = rows_per_block
 
@@ -46,7 +50,7 @@ class JsonlLinesDatasource(FileBasedDatasource):
         name = relative_source(path, self.root)
         sources: list[str] = []
         lines: list[str] = []
-        for number, line in enumerate(_iter_lines(f), start=1):
+        for number, line in enumerate(iter_text_lines(f.read), start=1):
             if not line.strip():
                 continue  # blank lines are not rows
             sources.append(f"{name}:{number}")
@@ -64,7 +68,7 @@ class ParquetRowsDatasource(FileBasedDatasource):
     _FILE_EXTENSIONS = ["parquet"]
 
     def __init__(self, paths: str | list[str], root: str, rows_per_block: int, **kwargs) -> None:
-        super().__init__(paths, **kwargs)
+        super().__init__(paths, file_extensions=self._FILE_EXTENSIONS, **kwargs)
         self.root = root
         self.rows_per_block = rows_per_block
 
@@ -74,24 +78,29 @@ class ParquetRowsDatasource(FileBasedDatasource):
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[Block]:
         name = relative_source(path, self.root)
+        try:
+            parquet = pq.ParquetFile(f)
+        except (pa.ArrowException, OSError) as exc:  # the job checks footers first; a file can change since
+            yield _error_rows([f"{name}:unreadable"], f"cannot read Parquet file {name}: {exc}")
+            return
         first_row = 0
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=self.rows_per_block):
-            table = pa.Table.from_batches([batch])
-            sources = [f"{name}:{first_row + i}" for i in range(table.num_rows)]
-            first_row += table.num_rows
-            yield table.append_column(SOURCE_COLUMN, pa.array(sources, type=pa.string()))
+        for group in range(parquet.num_row_groups):
+            num_rows = parquet.metadata.row_group(group).num_rows
+            try:
+                table = parquet.read_row_group(group)
+            except (pa.ArrowException, OSError) as exc:
+                # The footer says which rows the group held: each becomes an error row, so none is lost.
+                sources = [f"{name}:{first_row + i}" for i in range(num_rows)]
+                yield _error_rows(sources, f"cannot read rows of Parquet file {name}: {exc}")
+                first_row += num_rows
+                continue
+            for start in range(0, table.num_rows, self.rows_per_block):
+                piece = table.slice(start, self.rows_per_block)
+                sources = [f"{name}:{first_row + start + i}" for i in range(piece.num_rows)]
+                yield piece.append_column(SOURCE_COLUMN, pa.array(sources, type=pa.string()))
+            first_row += num_rows
 
 
-def _iter_lines(f: pa.NativeFile) -> Iterator[str]:
-    """Decoded lines of a byte stream, read in chunks (a JSONL of base64 images can be gigabytes)."""
-    pending = b""
-    while True:
-        chunk = f.read(_READ_CHUNK_BYTES)
-        if not chunk:
-            break
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        for raw in complete:
-            yield raw.decode("utf-8", errors="replace").rstrip("\r")
-    if pending:
-        yield pending.decode("utf-8", errors="replace").rstrip("\r")
+def _error_rows(sources: list[str], message: str) -> pa.Table:
+    return pa.table({SOURCE_COLUMN: pa.array(sources, type=pa.string()),
+                     ERROR_COLUMN: pa.array([message] * len(sources), type=pa.string())})

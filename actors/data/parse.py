@@ -14,7 +14,7 @@ import pyarrow as pa
 import ray
 from ray.actor import ActorHandle
 
-from actors.data.datasources import LINE_COLUMN, SOURCE_COLUMN, relative_source
+from actors.data.datasources import ERROR_COLUMN, LINE_COLUMN, SOURCE_COLUMN, relative_source
 from vlray.batch.inputs import INPUT_IMAGES, INPUT_JSONL
 from actors.data.id_registry import DUPLICATE, SKIP
 from vlray.batch.rows import BatchRow, parse_jsonl_line, split_row
@@ -61,6 +61,10 @@ def _parse_one(raw: dict[str, Any], input_kind: str, input_root: str, defaults: 
         fields: dict[str, Any] = {"id": source, "images": [raw["bytes"]]}
     else:
         source = raw.pop(SOURCE_COLUMN)
+        unreadable = raw.pop(ERROR_COLUMN, None)
+        if unreadable:  # a file (or part of one) that could not be read: its rows fail, naming it
+            return BatchRow(source, result=GenerationResult.failed(None, RequestError(unreadable,
+                                                                                      kind="unreadable_input")))
         try:
             fields = parse_jsonl_line(raw[LINE_COLUMN], source) if input_kind == INPUT_JSONL else raw
         except RequestError as exc:

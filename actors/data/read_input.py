@@ -8,7 +8,7 @@ from pathlib import Path
 import ray.data
 
 from actors.data.datasources import JsonlLinesDatasource, ParquetRowsDatasource
-from vlray.batch.inputs import IMAGE_EXTENSIONS, INPUT_JSONL, INPUT_PARQUET
+from vlray.batch.inputs import IMAGE_EXTENSIONS, INPUT_JSONL, INPUT_PARQUET, INPUT_TABLES, input_files
 
 # Reading is I/O: a quarter CPU per read task, or on a small machine the model actors' CPUs leave a whole one
 # to nobody and the read never starts.
@@ -24,6 +24,8 @@ def read_input(path: Path, kind: str, rows_per_block: int, total_rows: int) -> r
     """
     root = str(path)
     num_blocks = max(1, math.ceil(total_rows / rows_per_block))
+    if kind == INPUT_TABLES:
+        raise ValueError("a folder of JSONL and Parquet is read as two parts: use read_input_parts")
     if kind == INPUT_JSONL:
         source = JsonlLinesDatasource(root, root=root, rows_per_block=rows_per_block)
         return ray.data.read_datasource(source, num_cpus=READ_TASK_CPUS, override_num_blocks=num_blocks)
@@ -32,3 +34,19 @@ def read_input(path: Path, kind: str, rows_per_block: int, total_rows: int) -> r
         return ray.data.read_datasource(source, num_cpus=READ_TASK_CPUS, override_num_blocks=num_blocks)
     return ray.data.read_binary_files(root, include_paths=True, file_extensions=IMAGE_EXTENSIONS,
                                       num_cpus=READ_TASK_CPUS, override_num_blocks=num_blocks)
+
+
+def read_input_parts(path: Path, kind: str, rows_per_block: int, total_rows: int
+                     ) -> list[tuple[str, ray.data.Dataset]]:
+    """The input as (kind, dataset) parts: one, or for a folder of JSONL and Parquet one of each, since their
+    rows have different columns and are parsed apart (the parsed rows then share one form)."""
+    if kind != INPUT_TABLES:
+        return [(kind, read_input(path, kind, rows_per_block, total_rows))]
+    parts = []
+    for part_kind in (INPUT_JSONL, INPUT_PARQUET):
+        files = [str(f) for f in input_files(path, part_kind)]
+        source_cls = JsonlLinesDatasource if part_kind == INPUT_JSONL else ParquetRowsDatasource
+        source = source_cls(files, root=str(path), rows_per_block=rows_per_block)
+        parts.append((part_kind, ray.data.read_datasource(source, num_cpus=READ_TASK_CPUS,
+                                                          override_num_blocks=max(1, len(files)))))
+    return parts

@@ -23,9 +23,12 @@ from vlray.config import EngineConfig
 from vlray.engine.async_engine import AsyncEngine
 from vlray.llm import LLM
 from vlray.model.loader import load_preprocessor, set_cpu_threads
+from vlray.batch.shard_writer import RETRYABLE_ERROR_KINDS
 from vlray.schema import GenerationResult, RequestError, request_id_of
 
 WINDOWS_IN_FLIGHT = 2
+MAX_STEP_RETRIES = 2
+"""Times a row that failed beside others (its engine step failed as a whole) is run again before it is written."""
 
 
 def incarnation_key() -> str:
@@ -116,9 +119,14 @@ class GenerateStage:
                 "generate", [row.source for row in rows]))
             todo = [row for row in rows if row.result is None]
             self.metrics.record_errors(row.result.error_kind for row in rows if row.result is not None)
-            results = await asyncio.gather(*(self.engine.generate(row.prepared) for row in todo))
-            for row, result in zip(todo, results):
-                row.result = result
+            for _ in range(1 + MAX_STEP_RETRIES):
+                results = await asyncio.gather(*(self.engine.generate(row.prepared) for row in todo))
+                for row, result in zip(todo, results):
+                    row.result = result
+                # A row's own fault is final; one that failed only because its step did goes again.
+                todo = [row for row in todo if row.result.error_kind in RETRYABLE_ERROR_KINDS]
+                if not todo:
+                    break
             self.metrics.publish(self.llm.stats)
             for row in rows:
                 row.prepared = None  # pixel patches stay here; only results travel to the writer

@@ -27,6 +27,7 @@ from vlray.llm import LLM
 from vlray.model.loader import set_cpu_threads
 from vlray.serving.app import build_openai_app
 from vlray.serving.chat_service import ChatService
+from vlray.serving.preprocess_pool import PreprocessPool
 from vlray.serving.server_config import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -44,15 +45,19 @@ class OpenAIDeployment:
         llm = LLM(engine_config)
         loaded = llm.loaded
         preprocessor = RequestPreprocessor(loaded.processor, loaded.max_model_len, engine_config.default_max_tokens,
-                                           engine_config.max_input_pixels, image_policy=config.image_policy())
+                                           engine_config.max_input_pixels, image_policy=config.image_policy(),
+                                           max_images_per_request=engine_config.max_images_per_request,
+                                           max_request_chars=engine_config.max_request_chars)
         engine = AsyncEngine(llm.backend, llm.stats, engine_config.max_batch_size, config.max_queued_requests,
                              config.batch_wait_ms / 1000, config.retry_after_s)
-        self.service = ChatService(preprocessor, engine, config.model_name)
+        self.service = ChatService(preprocessor, engine, config.model_name, PreprocessPool(max(1, int(granted))),
+                                   max_admitted=admitted_requests(config), retry_after_s=config.retry_after_s)
+        self.max_request_bytes = config.max_request_bytes
         self._stop_metrics = publish_every(VlrayMetrics("serve", config.model_name), lambda: llm.stats,
                                            lambda: engine.num_queued)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_openai_app(self.service)
+        return build_openai_app(self.service, self.max_request_bytes)
 
     def check_health(self) -> None:
         """Serve restarts a replica whose generation thread has died."""
@@ -62,6 +67,11 @@ class OpenAIDeployment:
     def __del__(self) -> None:
         self._stop_metrics.set()
         self.service.engine.close()
+
+
+def admitted_requests(config: ServerConfig) -> int:
+    """Requests one replica holds at once: a full batch generating and a full queue waiting."""
+    return config.max_batch_size + config.max_queued_requests
 
 
 def replica_resources(config: ServerConfig, cluster: dict[str, float] | None = None,
@@ -104,10 +114,12 @@ def build_app(config: ServerConfig) -> Application:
     return OpenAIDeployment.options(
         num_replicas=config.num_replicas,
         ray_actor_options=replica_actor_options(resources),
-        # A replica takes what its engine can hold (a batch running, max_queued_requests waiting), so Serve routes
-        # the rest to other replicas or holds it at the proxy; past the proxy's queue: 429 with Retry-After.
-        max_ongoing_requests=config.max_batch_size + config.max_queued_requests,
-        max_queued_requests=config.max_queued_requests,
+        # The replica's ChatService admits what its engine can hold (a batch running, max_queued_requests
+        # waiting) and answers the rest 429 in OpenAI's JSON at once. Serve's own refusals are plain text, so
+        # Serve lets twice that through and queues without a bound of its own: a request past the service's
+        # limit costs the replica one instant refusal, and the proxy only holds what arrives faster than that.
+        max_ongoing_requests=2 * admitted_requests(config),
+        max_queued_requests=-1,
         backpressure_config=BackpressureConfig(status_code=429, retry_after_s=config.retry_after_s),
     ).bind(config)
 

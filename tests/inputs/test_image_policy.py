@@ -122,7 +122,8 @@ def test_policy_validation():
 
 
 def test_http_fetch_when_allowed(image_server):
-    policy = ImagePolicy.for_server(allow_http=True, max_fetch_bytes=4000, fetch_timeout_s=1.0)
+    policy = ImagePolicy.for_server(allow_http=True, max_fetch_bytes=4000, fetch_timeout_s=1.0,
+                                    allow_private_hosts=True)
     assert load_image(f"{image_server}/ok.png", LIMIT, policy).size == (40, 30)
     assert load_image(f"{image_server}/moved", LIMIT, policy).size == (40, 30)
     assert _kind(f"{image_server}/ok.png", ImagePolicy.for_server()) == "image_url_not_allowed"
@@ -136,7 +137,8 @@ def test_http_fetch_when_allowed(image_server):
     ("/text", "unsupported_image", "HTML"),
 ])
 def test_http_fetch_is_bounded(image_server, path, kind, fragment):
-    policy = ImagePolicy.for_server(allow_http=True, max_fetch_bytes=4000, fetch_timeout_s=1.0)
+    policy = ImagePolicy.for_server(allow_http=True, max_fetch_bytes=4000, fetch_timeout_s=1.0,
+                                    allow_private_hosts=True)
     with pytest.raises(RequestError) as info:
         load_image(f"{image_server}{path}", LIMIT, policy)
     assert info.value.kind == kind and fragment in str(info.value)
@@ -146,5 +148,20 @@ def test_unreachable_host_is_a_fetch_error():
     with socket.socket() as sock:  # a port nobody listens on once this socket is closed
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    policy = ImagePolicy.for_server(allow_http=True, fetch_timeout_s=1.0)
+    policy = ImagePolicy.for_server(allow_http=True, fetch_timeout_s=1.0, allow_private_hosts=True)
     assert _kind(f"http://127.0.0.1:{port}/none.png", policy) == "image_fetch_failed"
+
+
+@pytest.mark.parametrize("name", ["a\x00.png", "file:///x%00.png", "n" * 300 + ".png", "d/" * 2100 + "a.png",
+                                  "loop1", "loop1/a.png", "file://{root}/loop2", "dir\x00/../a.png"])
+def test_every_path_error_under_the_root_is_a_request_error_that_hides_the_folder(tmp_path, name):
+    root = tmp_path / "served"
+    root.mkdir()
+    (root / "loop1").symlink_to(root / "loop2")
+    (root / "loop2").symlink_to(root / "loop1")
+    source = name.format(root=root)
+    with pytest.raises(RequestError) as info:
+        load_image(source, LIMIT, ImagePolicy.for_server(local_root=root))
+    shown = str(info.value).replace(source[:200], "<source>")  # the client's own text may name what it sent
+    assert str(tmp_path) not in shown and "served" not in shown, shown
+    assert info.value.kind in {"image_path_invalid", "image_not_found", "image_path_not_allowed"}

@@ -6,6 +6,7 @@ sees whole shards or none. The rows of committed shards are the job's progress; 
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 import uuid
@@ -23,8 +24,17 @@ RESULT_SCHEMA = pa.schema([
 ])
 
 
+RETRYABLE_ERROR_KINDS = frozenset({"step_failed"})
+"""Rows that failed only because the engine step they ran in failed as a whole (beside other requests): they
+are run again, in the job and on resume. Every other error is the row's own and final."""
+
+
 class OutputNotWritableError(OSError):
     """The output folder cannot be created or written; raised before any work starts."""
+
+
+class OutputWriteError(OSError):
+    """A shard could not be written (a full disk, say): the job stops; committed shards stay for the resume."""
 
 
 def check_output_writable(out_dir: Path) -> None:
@@ -37,6 +47,26 @@ def check_output_writable(out_dir: Path) -> None:
         probe.with_suffix(".renamed").unlink()
     except OSError as exc:
         raise OutputNotWritableError(f"cannot write to output folder {out_dir}: {exc.strerror or exc}") from None
+
+
+def drop_retryable_rows(out_dir: Path) -> int:
+    """Rewrite the committed shards that hold retryable rows without them, so a resumed run does them again and
+    every source still ends up once; returns how many were dropped. The old shard goes before the new one is
+    renamed in: a crash between leaves those rows uncommitted, and uncommitted rows are simply run again."""
+    dropped = 0
+    for shard in sorted(out_dir.glob(SHARD_GLOB)):
+        table = pq.read_table(shard)
+        kinds = table.column("error_kind").to_pylist()
+        keep = [kind not in RETRYABLE_ERROR_KINDS for kind in kinds]
+        if all(keep):
+            continue
+        temporary = out_dir / f".{shard.name}.tmp"
+        _write_synced(temporary, table.filter(pa.array(keep)))
+        shard.unlink()
+        temporary.replace(shard)
+        _fsync_dir(out_dir)
+        dropped += keep.count(False)
+    return dropped
 
 
 def read_committed(out_dir: Path) -> tuple[set[str], set[str]]:
@@ -80,12 +110,18 @@ class ShardWriter:
     def _commit(self, rows: list[dict[str, Any]]) -> None:
         name = f"part-{self.run_id}-{self.num_shards:05d}.parquet"
         temporary = self.out_dir / f".{name}.tmp"
-        with open(temporary, "wb") as f:
-            pq.write_table(_to_table(rows), f)
-            f.flush()
-            os.fsync(f.fileno())
-        temporary.replace(self.out_dir / name)
-        _fsync_dir(self.out_dir)
+        try:
+            _write_synced(temporary, _to_table(rows))
+            temporary.replace(self.out_dir / name)
+            _fsync_dir(self.out_dir)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise OutputWriteError(
+                f"{'the output disk is full' if full else 'cannot write the output'}: shard {name} in "
+                f"{self.out_dir} was not written ({exc.strerror or exc}). {self.num_rows} rows are committed in "
+                f"{self.num_shards} shards of this run; free space and run the same command again to resume."
+            ) from None
         self.num_shards += 1
         self.num_rows += len(rows)
         self._last_commit = time.monotonic()
@@ -103,6 +139,13 @@ def _to_table(rows: list[dict[str, Any]]) -> pa.Table:
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             columns[name] = pa.array([None if v is None else str(v) for v in values], type=pa.string())
     return pa.table(columns)
+
+
+def _write_synced(path: Path, table: pa.Table) -> None:
+    with open(path, "wb") as f:
+        pq.write_table(table, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _fsync_dir(path: Path) -> None:

@@ -54,7 +54,8 @@ def read_image_bytes(source: ImageSource, policy: ImagePolicy = DEFAULT_IMAGE_PO
         if not policy.allow_http:
             raise RequestError(f"http(s) image URLs are not fetched here: {source[:80]} (send the image as a data: "
                                "URL or bytes)", kind="image_url_not_allowed")
-        return fetch_image_bytes(source, policy.max_fetch_bytes, policy.fetch_timeout_s)
+        return fetch_image_bytes(source, policy.max_fetch_bytes, policy.fetch_timeout_s,
+                                 policy.allow_private_hosts)
     if source.startswith("file://"):
         parsed = urlparse(source)
         path = Path(unquote(parsed.path))
@@ -65,14 +66,20 @@ def read_image_bytes(source: ImageSource, policy: ImagePolicy = DEFAULT_IMAGE_PO
     path = policy.local_path(path, source)
     # Under a root (a server), errors name the path as the client gave it, not where the server keeps it.
     shown = source[:200] if policy.local_root is not None else str(path)
-    if not path.exists():
-        raise RequestError(f"image file not found: {shown}", kind="image_not_found")
-    if not path.is_file():
-        raise RequestError(f"image path is not a file: {shown}", kind="image_not_found")
     try:
+        if not path.exists():
+            raise RequestError(f"image file not found: {shown}", kind="image_not_found")
+        if not path.is_file():
+            raise RequestError(f"image path is not a file: {shown}", kind="image_not_found")
         return path.read_bytes()
-    except OSError as exc:
-        raise RequestError(f"cannot read image file {shown}: {exc.strerror}", kind="image_not_found") from None
+    except RequestError:
+        raise
+    except OSError as exc:  # too long a name, a loop, no permission: strerror never names the path
+        raise RequestError(f"cannot read image file {shown}: {(exc.strerror or 'unreadable').lower()}",
+                           kind="image_not_found") from None
+    except ValueError:  # a NUL byte (file:// URLs can carry %00)
+        raise RequestError(f"image path {shown} cannot be used: a NUL byte in the name",
+                           kind="image_path_invalid") from None
 
 
 def _decode_data_url(url: str) -> bytes:

@@ -28,6 +28,10 @@ class ImagePolicy:
     """Fetch http(s) image URLs. Only for trusted clients: the server fetches whatever URL it is given (SSRF)."""
     max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES
     fetch_timeout_s: float = DEFAULT_FETCH_TIMEOUT_S
+    """One deadline for a whole fetch: DNS, connect, headers, body and every redirect."""
+    allow_private_hosts: bool = False
+    """Fetch from private, loopback and link-local addresses too (checked after DNS, on every redirect): only on
+    a trusted network, since it lets requests reach the server's own neighbours (its dashboard, say)."""
 
     def __post_init__(self) -> None:
         if self.local_root is not None and not isinstance(self.local_root, Path):
@@ -42,10 +46,12 @@ class ImagePolicy:
     @classmethod
     def for_server(cls, local_root: str | Path | None = None, allow_http: bool = False,
                    max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES,
-                   fetch_timeout_s: float = DEFAULT_FETCH_TIMEOUT_S) -> "ImagePolicy":
+                   fetch_timeout_s: float = DEFAULT_FETCH_TIMEOUT_S, allow_private_hosts: bool = False
+                   ) -> "ImagePolicy":
         """A server's policy: local files only under local_root (none without it), http(s) only if allowed."""
         return cls(allow_local_files=bool(local_root), local_root=Path(local_root) if local_root else None,
-                   allow_http=allow_http, max_fetch_bytes=max_fetch_bytes, fetch_timeout_s=fetch_timeout_s)
+                   allow_http=allow_http, max_fetch_bytes=max_fetch_bytes, fetch_timeout_s=fetch_timeout_s,
+                   allow_private_hosts=allow_private_hosts)
 
     def local_path(self, path: Path, source: str) -> Path:
         """The file a local source names, or a RequestError when this policy does not let requests read it."""
@@ -55,12 +61,28 @@ class ImagePolicy:
         if self.local_root is None:
             return path.expanduser()
         root = self.local_root.resolve()
-        # resolve() follows symlinks and "..", so neither can lead out of the root.
-        resolved = (root / path).resolve()
+        try:
+            if "\0" in str(path):
+                raise ValueError("embedded null byte")
+            # resolve() follows symlinks and "..", so neither can lead out of the root.
+            resolved = (root / path).resolve()
+        except (OSError, RuntimeError, ValueError) as exc:
+            # The OS's own message names the server's folder: say what is wrong in the client's terms only.
+            raise RequestError(f"image path {source[:200]} cannot be used: {_path_problem(exc)}",
+                               kind="image_path_invalid") from None
         if not resolved.is_relative_to(root):
             raise RequestError(f"image path {source[:200]} is outside the allowed folder",
                                kind="image_path_not_allowed")
         return resolved
+
+
+def _path_problem(exc: BaseException) -> str:
+    """What is wrong with a path, without the path (OSError's and resolve()'s messages carry it)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    if isinstance(exc, RuntimeError):
+        return "symlink loop"
+    return "a NUL byte in the name" if "null" in str(exc) else "not a valid path"
 
 
 DEFAULT_IMAGE_POLICY = ImagePolicy()

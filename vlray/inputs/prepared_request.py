@@ -3,12 +3,35 @@ through Ray's object store and Ray Data without torch tensors."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 TEXT_KIND = "text"
 IMAGE_KIND = "image"
+
+GREEDY_TEMPERATURE_BELOW = 1e-5
+"""A temperature under this is greedy: dividing logits by less overflows (1e-300 is 0 in fp32, then inf/nan)."""
+MIN_TOP_P = 1e-6
+"""top_p is raised to this: a smaller one is 0 in fp32, and top-p would then keep no token at all."""
+SEED_RANGE = 2**64
+"""torch.Generator takes seeds in [0, 2**64) (a negative one as its two's complement): any integer is reduced."""
+
+
+def bounded_sampling(temperature: float, top_p: float, seed: int | None) -> tuple[float, float, int | None]:
+    """Every value a client may send made computable: NaN/inf refused (ValueError naming the field), a tiny
+    temperature greedy, a tiny top_p floored, any integer seed reduced to the generator's range."""
+    for name, value in (("temperature", temperature), ("top_p", top_p)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name}={value!r} is not a finite number")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature!r} must be 0 (greedy) or more")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p!r} must be in (0, 1]")
+    temperature = 0.0 if temperature < GREEDY_TEMPERATURE_BELOW else float(temperature)
+    top_p = max(float(top_p), MIN_TOP_P)
+    return temperature, top_p, None if seed is None else int(seed) % SEED_RANGE
 
 
 @dataclass(slots=True)
@@ -20,6 +43,10 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # The one place sampling values are bounded: requests from the schema, batch rows and Python calls alike.
+        self.temperature, self.top_p, self.seed = bounded_sampling(self.temperature, self.top_p, self.seed)
 
     @property
     def is_greedy(self) -> bool:

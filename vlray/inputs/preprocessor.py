@@ -13,6 +13,7 @@ import numpy as np
 from transformers import ProcessorMixin
 
 from vlray.cache.keys import BlobCache
+from vlray.config import DEFAULT_MAX_IMAGES_PER_REQUEST, DEFAULT_MAX_REQUEST_CHARS
 from vlray.inputs.image_input import load_image
 from vlray.inputs.image_policy import ImagePolicy
 from vlray.inputs.prepared_request import PreparedRequest, SamplingParams
@@ -25,9 +26,12 @@ class RequestPreprocessor:
 
     def __init__(self, processor: ProcessorMixin, max_model_len: int, default_max_tokens: int,
                  max_input_pixels: int, local_image_root: Path | None = None,
-                 image_policy: ImagePolicy | None = None, image_cache: BlobCache | None = None) -> None:
+                 image_policy: ImagePolicy | None = None, image_cache: BlobCache | None = None,
+                 max_images_per_request: int = DEFAULT_MAX_IMAGES_PER_REQUEST,
+                 max_request_chars: int = DEFAULT_MAX_REQUEST_CHARS) -> None:
         """`image_policy` says which image sources requests may use (default: local files, anywhere or under
-        `local_image_root`; no http); give one or the other. `image_cache` keeps preprocessed images."""
+        `local_image_root`; no http); give one or the other. `image_cache` keeps preprocessed images. The two
+        limits bound one request's input before anything costly is done with it."""
         if image_policy is not None and local_image_root is not None:
             raise ValueError("give local_image_root or image_policy (with its local_root), not both")
         self.processor = processor
@@ -35,6 +39,11 @@ class RequestPreprocessor:
         self.default_max_tokens = default_max_tokens
         self.max_input_pixels = max_input_pixels
         self.image_policy = image_policy or ImagePolicy(local_root=local_image_root)
+        self.max_images_per_request = max_images_per_request
+        self.max_request_chars = max_request_chars
+        # No token decodes to more characters than the longest entry of the vocabulary (byte-level entries hold
+        # one character per byte): a text longer than max_model_len of those cannot fit, whatever it says.
+        self.max_chars_per_token = max(map(len, processor.tokenizer.get_vocab()), default=1) or 1
         # With a cache, images are processed one by one through it (a hit is never decoded); without, in one call.
         self.image_cache = (PreprocessedImageCache(processor, image_cache, max_input_pixels, self.image_policy)
                             if image_cache is not None else None)
@@ -43,7 +52,12 @@ class RequestPreprocessor:
         """Preprocess one request; raises RequestError (with a kind) when its input is bad."""
         request = parse_request(raw)
         hf_messages, sources = to_hf_messages(request)
+        self._check_size(hf_messages, sources)
         text = self.processor.apply_chat_template(hf_messages, tokenize=False, add_generation_prompt=True)
+        if len(text) > self.max_model_len * self.max_chars_per_token:
+            raise RequestError(
+                f"prompt is {len(text)} characters, at least {len(text) // self.max_chars_per_token} tokens: over "
+                f"the model's context of {self.max_model_len} tokens (shorten the text)", kind="context_overflow")
         if self.image_cache is not None and sources:
             images = self.image_cache.load(sources)
             grids = np.concatenate([im.image_grid_thw for im in images])
@@ -85,6 +99,18 @@ class RequestPreprocessor:
             image_grid_thw=grids,
             image_hashes=hashes,
         )
+
+
+    def _check_size(self, hf_messages: list[dict[str, Any]], sources: list[ImageSource]) -> None:
+        """Refuse a request over the per-request limits, before any image is read or any text tokenised."""
+        if len(sources) > self.max_images_per_request:
+            raise RequestError(f"the request has {len(sources)} images, over the limit of "
+                               f"{self.max_images_per_request} (max_images_per_request)", kind="too_many_images")
+        chars = sum(len(m["content"]) if isinstance(m["content"], str) else
+                    sum(len(p.get("text", "")) for p in m["content"]) for m in hf_messages)
+        if chars > self.max_request_chars:
+            raise RequestError(f"the request has {chars} characters of text, over the limit of "
+                               f"{self.max_request_chars} (max_request_chars)", kind="request_too_large")
 
 
 def to_hf_messages(request: GenerationRequest) -> tuple[list[dict[str, Any]], list[ImageSource]]:

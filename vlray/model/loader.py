@@ -22,6 +22,10 @@ from vlray.model.weights_cache import load_pretrained, load_with_weights_cache
 log = logging.getLogger(__name__)
 
 
+class ChatTemplateMissingError(ValueError):
+    """The model folder has no chat template anywhere transformers looks for one."""
+
+
 @dataclass
 class LoadedModel:
     """A model on its device with the processor that feeds it, and the facts generation needs."""
@@ -44,7 +48,22 @@ def load_processor(model_dir: Path | str, max_pixels: int, min_pixels: int | Non
     """AutoProcessor from the folder, its image sizing capped at max_pixels (and floored at min_pixels)."""
     processor = AutoProcessor.from_pretrained(str(model_dir))
     cap_image_pixels(processor, max_pixels, min_pixels)
+    ensure_chat_template(processor, model_dir)
     return processor
+
+
+def ensure_chat_template(processor: ProcessorMixin, model_dir: Path | str) -> None:
+    """Give the processor its tokenizer's template when it has none of its own (older exports keep it only in
+    tokenizer_config.json, where plain transformers users get it from); refuse a folder with none at all."""
+    if getattr(processor, "chat_template", None):
+        return
+    template = getattr(processor.tokenizer, "chat_template", None)
+    if not template:
+        raise ChatTemplateMissingError(
+            f"the model folder {model_dir} has no chat template: none in chat_template.jinja or chat_template.json "
+            "beside the processor files, and no `chat_template` in tokenizer_config.json. Add the model's template "
+            "(Qwen3-VL's is chat_template.jinja in the published repository).")
+    processor.chat_template = template
 
 
 def cap_image_pixels(processor: ProcessorMixin, max_pixels: int, min_pixels: int | None = None) -> None:
@@ -63,7 +82,9 @@ def load_preprocessor(config: EngineConfig, image_cache: BlobCache | None = None
     context = AutoConfig.from_pretrained(str(model_dir)).text_config.max_position_embeddings
     max_model_len = min(config.max_model_len, context) if config.max_model_len else context
     return RequestPreprocessor(processor, max_model_len, config.default_max_tokens, config.max_input_pixels,
-                               image_cache=image_cache if config.uses_preprocessed_cache else None)
+                               image_cache=image_cache if config.uses_preprocessed_cache else None,
+                               max_images_per_request=config.max_images_per_request,
+                               max_request_chars=config.max_request_chars)
 
 
 def load_model(config: EngineConfig, profile: DeviceProfile | None = None) -> LoadedModel:

@@ -7,6 +7,7 @@ Bodies are parsed by ChatService, not by FastAPI, so that a malformed body is a 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -14,12 +15,14 @@ from starlette.exceptions import HTTPException
 
 from vlray.serving.chat_service import ChatService
 from vlray.serving.errors import APIError
+from vlray.serving.server_config import DEFAULT_MAX_REQUEST_BYTES
 
 log = logging.getLogger(__name__)
 
 
-def build_openai_app(service: ChatService) -> FastAPI:
-    """Routes: POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /health."""
+def build_openai_app(service: ChatService, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
+    """Routes: POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /health. A body over
+    max_request_bytes is a 413, found while it is read (Ray Serve's proxy sets no limit of its own)."""
     app = FastAPI(title="vlray", summary="OpenAI-compatible Qwen3-VL chat", docs_url=None, redoc_url=None)
 
     @app.exception_handler(APIError)
@@ -38,11 +41,19 @@ def build_openai_app(service: ChatService) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        body = service.parse(await request.body())
-        if body.stream:
-            events = await service.open_stream(body)
-            return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        return JSONResponse((await service.complete(body)).model_dump(mode="json"))
+        service.admit()  # before the body is read: a flood of large bodies is bounded too
+        streaming = False
+        try:
+            body = service.parse(await read_body(request, max_request_bytes))
+            if body.stream:
+                events = await service.open_stream(body)
+                streaming = True
+                return StreamingResponse(_then(events, service.release), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache"})
+            return JSONResponse((await service.complete(body)).model_dump(mode="json"))
+        finally:
+            if not streaming:
+                service.release()
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
@@ -63,3 +74,31 @@ def build_openai_app(service: ChatService) -> FastAPI:
         return JSONResponse(status, status_code=200 if engine.is_alive else 503)
 
     return app
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, read as it arrives and refused (413) as soon as it passes max_bytes, declared or not."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    chunks, size = [], 0
+    async for piece in request.stream():
+        size += len(piece)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(piece)
+    return b"".join(chunks)
+
+
+def _too_large(max_bytes: int) -> APIError:
+    return APIError(413, f"the request body is over the limit of {max_bytes} bytes (max_request_bytes)",
+                    code="request_too_large")
+
+
+async def _then(events: AsyncIterator[str], done: Callable[[], None]) -> AsyncIterator[str]:
+    """The events, then done() however the stream ends (finished, failed or the client gone)."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        done()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -20,17 +21,38 @@ from vlray.inputs.preprocessor import RequestPreprocessor
 from vlray.schema import GenerationResult, RequestError
 from vlray.serving.errors import APIError, error_from_request, error_from_validation
 from vlray.serving.mapping import chunk, completion, to_generation_request, usage_of
+from vlray.serving.preprocess_pool import PreprocessPool
 from vlray.serving.protocol import ChatCompletion, ChatCompletionRequest, DeltaMessage, ModelCard, ModelList
 
 
 class ChatService:
     """`/v1/chat/completions` and `/v1/models` for one served model."""
 
-    def __init__(self, preprocessor: RequestPreprocessor, engine: AsyncEngine, model_name: str) -> None:
+    def __init__(self, preprocessor: RequestPreprocessor, engine: AsyncEngine, model_name: str,
+                 pool: PreprocessPool | None = None, max_admitted: int | None = None,
+                 retry_after_s: float = 2.0) -> None:
+        """`max_admitted`: requests the service holds at once (reading, preprocessing, queued, generating); past
+        it a request is answered 429 at once. None: no bound here (the engine's queue still has one)."""
         self.preprocessor = preprocessor
         self.engine = engine
         self.model_name = model_name
         self.created = int(time.time())
+        self.pool = pool or PreprocessPool(os.cpu_count() or 1)
+        self.max_admitted = max_admitted
+        self.retry_after_s = retry_after_s
+        self.num_admitted = 0
+
+    def admit(self) -> None:
+        """Take one of the service's places for a request's whole life (give it back with `release`), or refuse
+        it with a 429 in OpenAI's shape. The event loop is single-threaded: the count needs no lock."""
+        if self.max_admitted is not None and self.num_admitted >= self.max_admitted:
+            raise APIError(429, f"the server is busy: {self.num_admitted} requests are in progress; retry after "
+                           f"{self.retry_after_s:g} s", type="rate_limit_error", code="server_busy",
+                           headers={"Retry-After": str(max(1, math.ceil(self.retry_after_s)))})
+        self.num_admitted += 1
+
+    def release(self) -> None:
+        self.num_admitted -= 1
 
     def parse(self, body: bytes) -> ChatCompletionRequest:
         """The request in a raw body; APIError 400 when it is not JSON or not a valid request."""
@@ -73,9 +95,9 @@ class ChatService:
                            f"`{self.model_name}` (see /v1/models)", param="model", code="model_not_found")
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         try:
-            # Image decoding, fetching and tokenizing take a while: off the event loop, so other requests go on.
-            return request_id, await asyncio.to_thread(
-                self.preprocessor.prepare, to_generation_request(request, request_id))
+            # Image decoding, fetching and tokenizing take a while: off the event loop, in the request's lane.
+            return request_id, await self.pool.run(to_generation_request(request, request_id),
+                                                   self.preprocessor.prepare)
         except RequestError as exc:
             raise error_from_request(exc) from None
 

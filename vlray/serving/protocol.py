@@ -56,8 +56,9 @@ class ChatCompletionRequest(_Body):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, description="Wins over max_tokens.")
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="None: 0, greedy decoding.")
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False,
+                                      description="None: 0, greedy decoding.")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = 1

@@ -11,6 +11,10 @@ from vlray.config import DEFAULT_MAX_PIXELS, EngineConfig
 from vlray.inputs.image_policy import DEFAULT_FETCH_TIMEOUT_S, DEFAULT_MAX_FETCH_BYTES, ImagePolicy
 
 
+DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+"""A body over this is a 413: room for a 20 MB image as a base64 data: URL (27 MB), not for a text bomb."""
+
+
 class ServerConfig(BaseModel):
     """What to serve, on what, and how much to take in at once."""
 
@@ -41,6 +45,9 @@ class ServerConfig(BaseModel):
                                       "past it the server answers 429 with Retry-After.")
     batch_wait_ms: float = Field(default=10.0, ge=0, description="How long an idle replica waits for a batch to fill.")
     retry_after_s: float = Field(default=2.0, gt=0, description="The Retry-After of a 429.")
+    max_request_bytes: int = Field(
+        default=DEFAULT_MAX_REQUEST_BYTES, ge=1, description="Largest request body; a larger one is a 413, found "
+                                                             "while the body is read.")
     default_max_tokens: int = Field(default=256, ge=1, description="max_tokens of a request that gives none.")
     max_model_len: int | None = Field(default=None, ge=2, description="Context length; None: the model's.")
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1, description="Cap on an image's pixels after resizing.")
@@ -51,7 +58,11 @@ class ServerConfig(BaseModel):
         default=False, description="Fetch http(s) image URLs (the server fetches any URL it is sent: trusted "
                                    "clients only).")
     max_image_fetch_bytes: int = Field(default=DEFAULT_MAX_FETCH_BYTES, ge=1)
-    image_fetch_timeout_s: float = Field(default=DEFAULT_FETCH_TIMEOUT_S, gt=0)
+    image_fetch_timeout_s: float = Field(default=DEFAULT_FETCH_TIMEOUT_S, gt=0,
+                                         description="One deadline per image fetch: connect, headers, body, redirects.")
+    allow_private_image_hosts: bool = Field(
+        default=False, description="Fetch images from private, loopback and link-local addresses too (refused by "
+                                   "default, after DNS and on every redirect): trusted networks only.")
 
     @model_validator(mode="after")
     def _engine_settings_are_valid(self) -> "ServerConfig":
@@ -72,4 +83,4 @@ class ServerConfig(BaseModel):
 
     def image_policy(self) -> ImagePolicy:
         return ImagePolicy.for_server(self.image_root, self.allow_http_images, self.max_image_fetch_bytes,
-                                      self.image_fetch_timeout_s)
+                                      self.image_fetch_timeout_s, self.allow_private_image_hosts)
