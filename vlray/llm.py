@@ -6,12 +6,15 @@ from vlray.cache.keys import BlobCache
 from vlray.config import EngineConfig
 from vlray.engine.continuous_engine import ContinuousBatchingEngine
 from vlray.engine.generator_base import GeneratorBase
+from vlray.inputs.image_policy import ImagePolicy
 from vlray.static.static_engine import BatchGenerator
 
 
-def create_generator(config: EngineConfig, bucket: bool = True, cache: BlobCache | None = None) -> GeneratorBase:
+def create_generator(config: EngineConfig, bucket: bool = True, cache: BlobCache | None = None,
+                     image_policy: ImagePolicy | None = None) -> GeneratorBase:
     """Load the model and wrap it in the backend the config names (`bucket` applies to the hf backend);
-    `cache`: a shared cache (a CacheActor's client), else the config's own local one."""
+    `cache`: a shared cache (a CacheActor's client), else the config's own local one; `image_policy`: which
+    image sources requests may use (the server's), else local files and no http."""
     if config.backend == "hf":
-        return BatchGenerator.from_config(config, bucket=bucket, cache=cache)
-    return ContinuousBatchingEngine.from_config(config, cache=cache)
+        return BatchGenerator.from_config(config, bucket=bucket, cache=cache, image_policy=image_policy)
+    return ContinuousBatchingEngine.from_config(config, cache=cache, image_policy=image_policy)

@@ -20,7 +20,6 @@ from ray.serve.config import BackpressureConfig
 from actors.metrics import VlrayMetrics, publish_every
 from actors.placement import Placement, WorkerResources, plan_worker_resources, replica_actor_options
 from vlray.engine.async_engine import AsyncEngine
-from vlray.inputs.preprocessor import RequestPreprocessor
 from vlray.llm import create_generator
 from vlray.model.loader import set_cpu_threads
 from vlray.serving.app import build_openai_app
@@ -34,16 +33,15 @@ class OpenAIDeployment:
     """One Serve replica: the model, an AsyncEngine batching its concurrent requests, and the OpenAI routes."""
 
     def __init__(self, config: ServerConfig) -> None:
-        granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        set_cpu_threads(max(1, int(granted)))  # Ray sets OMP_NUM_THREADS=1 in actors
         engine_config = config.engine_config()
-        generator = create_generator(engine_config)
-        loaded = generator.loaded
-        preprocessor = RequestPreprocessor(loaded.processor, loaded.max_model_len, engine_config.default_max_tokens,
-                                           engine_config.max_input_pixels, image_policy=config.image_policy())
+        granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        set_cpu_threads(engine_config.num_threads or max(1, int(granted)))  # Ray sets OMP_NUM_THREADS=1 in actors
+        # One preprocessor per replica, the generator's: the server's image policy, and the preprocessed-image
+        # cache (the config's local store) in front of it, so an image asked about again is not decoded again.
+        generator = create_generator(engine_config, image_policy=config.image_policy())
         engine = AsyncEngine(generator, engine_config.max_batch_tokens, engine_config.max_batch_size,
                              config.max_queued_requests, config.batch_wait_ms / 1000, config.retry_after_s)
-        self.service = ChatService(preprocessor, engine, config.model_name)
+        self.service = ChatService(generator.preprocessor, engine, config.model_name)
         self._stop_metrics = publish_every(VlrayMetrics("serve", config.model_name), lambda: generator.stats,
                                            lambda: engine.num_queued)
 

@@ -31,6 +31,7 @@ from vlray.engine.sampler import make_generator, sample
 from vlray.engine.scheduler import ScheduledStep, Scheduler
 from vlray.engine.sequence import ImageSpan, Sequence
 from vlray.engine.token_stream import DeltaSink, RequestStream, StreamDelta
+from vlray.inputs.image_policy import ImagePolicy
 from vlray.inputs.prepared_request import PreparedRequest
 from vlray.model.device_profile import attention_kernels
 from vlray.model.loader import LoadedModel
@@ -58,8 +59,9 @@ class _RequestState:
 class ContinuousBatchingEngine(GeneratorBase):
     """Requests join and leave the running batch at every step; same results as `generate`, faster."""
 
-    def __init__(self, loaded: LoadedModel, config: EngineConfig, cache: BlobCache | None = None) -> None:
-        super().__init__(loaded, config, cache)
+    def __init__(self, loaded: LoadedModel, config: EngineConfig, cache: BlobCache | None = None,
+                 image_policy: ImagePolicy | None = None) -> None:
+        super().__init__(loaded, config, cache, image_policy)
         profile = loaded.profile
         text = loaded.model.config.text_config
         shape = KVCacheShape(text.num_hidden_layers, text.num_key_value_heads, text.head_dim, config.block_size)

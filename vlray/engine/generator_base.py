@@ -19,6 +19,7 @@ from vlray.cache.keys import BlobCache, processor_settings
 from vlray.cache.tiered_store import open_store
 from vlray.config import EngineConfig
 from vlray.engine.token_stream import DeltaSink, StreamDelta
+from vlray.inputs.image_policy import ImagePolicy
 from vlray.inputs.prepared_request import PreparedRequest
 from vlray.inputs.preprocessor import RequestPreprocessor
 from vlray.model.loader import LoadedModel, load_model
@@ -33,9 +34,11 @@ log = logging.getLogger(__name__)
 class GeneratorBase(ABC):
     """`generate(requests)` and `generate_prepared(prepared, sink)`, one result per request, in order."""
 
-    def __init__(self, loaded: LoadedModel, config: EngineConfig, cache: BlobCache | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig, cache: BlobCache | None = None,
+                 image_policy: ImagePolicy | None = None) -> None:
         """`cache`: where preprocessed images and encoder outputs go (a CacheActor's client, say); None opens a
-        local TieredStore as the config says, when the config caches either."""
+        local TieredStore as the config says, when the config caches either. `image_policy`: which image
+        sources requests may use (the server's; default: local files, no http)."""
         self.loaded = loaded
         self.config = config
         if cache is None and config.uses_content_cache:
@@ -43,7 +46,7 @@ class GeneratorBase(ABC):
         self.cache = cache
         self.preprocessor = RequestPreprocessor(
             loaded.processor, loaded.max_model_len, config.default_max_tokens, config.max_input_pixels,
-            image_cache=cache if config.uses_preprocessed_cache else None)
+            image_policy=image_policy, image_cache=cache if config.uses_preprocessed_cache else None)
         self.vision_encoder = VisionEncoder(loaded.model, loaded.profile)
         self.encoder_cache = (
             CachedVisionEncoder(self.vision_encoder, cache, processor_settings(loaded.processor), loaded.fingerprint)

@@ -17,6 +17,7 @@ from vlray.config import EngineConfig
 from vlray.engine.bucketing import BatchItem, plan_batches
 from vlray.engine.generator_base import GeneratorBase
 from vlray.engine.token_stream import DeltaSink, StreamDelta
+from vlray.inputs.image_policy import ImagePolicy
 from vlray.inputs.prepared_request import PreparedRequest
 from vlray.model.loader import LoadedModel
 from vlray.model.vision_encoder import to_mm_encoder_outputs
@@ -31,8 +32,8 @@ class BatchGenerator(GeneratorBase):
     """Static batching over transformers `generate`, with per-request errors and stage statistics."""
 
     def __init__(self, loaded: LoadedModel, config: EngineConfig, bucket: bool = True,
-                 cache: BlobCache | None = None) -> None:
-        super().__init__(loaded, config, cache)
+                 cache: BlobCache | None = None, image_policy: ImagePolicy | None = None) -> None:
+        super().__init__(loaded, config, cache, image_policy)
         self.bucket = bucket
         self.runner = HFGenerateRunner(
             loaded.model, loaded.tokenizer, loaded.profile, loaded.eos_token_ids, loaded.pad_token_id)
