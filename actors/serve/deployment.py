@@ -33,15 +33,9 @@ class OpenAIDeployment:
     """One Serve replica: the model, an AsyncEngine batching its concurrent requests, and the OpenAI routes."""
 
     def __init__(self, config: ServerConfig) -> None:
-        engine_config = config.engine_config()
         granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        set_cpu_threads(engine_config.num_threads or max(1, int(granted)))  # Ray sets OMP_NUM_THREADS=1 in actors
-        # One preprocessor per replica, the generator's: the server's image policy, and the preprocessed-image
-        # cache (the config's local store) in front of it, so an image asked about again is not decoded again.
-        generator = create_generator(engine_config, image_policy=config.image_policy())
-        engine = AsyncEngine(generator, engine_config.max_batch_tokens, engine_config.max_batch_size,
-                             config.max_queued_requests, config.batch_wait_ms / 1000, config.retry_after_s)
-        self.service = ChatService(generator.preprocessor, engine, config.model_name)
+        self.service = build_service(config, granted)
+        generator, engine = self.service.engine.generator, self.service.engine
         self._stop_metrics = publish_every(VlrayMetrics("serve", config.model_name), lambda: generator.stats,
                                            lambda: engine.num_queued)
 
@@ -56,6 +50,18 @@ class OpenAIDeployment:
     def __del__(self) -> None:
         self._stop_metrics.set()
         self.service.engine.close()
+
+
+def build_service(config: ServerConfig, granted_cpus: float = 1.0) -> ChatService:
+    """A replica's model, engine and OpenAI service, each built once: the replica preprocesses through its
+    generator's one RequestPreprocessor, with the server's image policy and the preprocessed-image cache (the
+    config's local store) in front of it, so an image asked about again is neither decoded nor resized again."""
+    engine_config = config.engine_config()
+    set_cpu_threads(engine_config.num_threads or max(1, int(granted_cpus)))  # Ray sets OMP_NUM_THREADS=1 in actors
+    generator = create_generator(engine_config, image_policy=config.image_policy())
+    engine = AsyncEngine(generator, engine_config.max_batch_tokens, engine_config.max_batch_size,
+                         config.max_queued_requests, config.batch_wait_ms / 1000, config.retry_after_s)
+    return ChatService(generator.preprocessor, engine, config.model_name)
 
 
 def replica_resources(config: ServerConfig, cluster: dict[str, float] | None = None) -> WorkerResources:
