@@ -125,5 +125,6 @@ def test_a_field_added_later_shows_up_on_every_surface():
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, Later)
     assert config_from_namespace(Later, parser.parse_args([])) == Later()
-    assert config_from_namespace(Later, parser.parse_args(["--quantization", "int8", "--top-k", "5"])) == Later("int8", 5)
+    given = parser.parse_args(["--quantization", "int8", "--top-k", "5"])
+    assert config_from_namespace(Later, given) == Later("int8", 5)
     assert "How the weights are stored." in parser.format_help()

@@ -22,6 +22,7 @@ from actors.metrics import VlrayMetrics
 from vlray.batch.row_table import carried_columns, rows_to_table, table_to_rows
 from vlray.config import EngineConfig
 from vlray.engine.async_engine import AsyncEngine
+from vlray.inputs.prepared_request import PreparedRequest
 from vlray.inputs.resized_image import with_pixel_values
 from vlray.llm import create_generator
 from vlray.model.loader import load_preprocessor, set_cpu_threads
@@ -125,9 +126,7 @@ class GenerateStage:
                 "generate", [row.source for row in rows]))
             todo = [row for row in rows if row.result is None]
             self.metrics.record_errors(row.result.error_kind for row in rows if row.result is not None)
-            processor = self.generator.loaded.processor
-            results = await asyncio.gather(*(self.engine.generate(with_pixel_values(row.prepared, processor))
-                                             for row in todo))
+            results = await asyncio.gather(*(self._generate(row.prepared) for row in todo))
             for row, result in zip(todo, results):
                 row.result = result
             self.metrics.publish(self.generator.stats)
@@ -140,6 +139,15 @@ class GenerateStage:
             "stats": self.generator.stats, "busy_seconds": self.busy_seconds, "wait_seconds": self.wait_seconds,
             "rows": self.rows, "node_id": self.context.get_node_id(), "restarted": self.restarted})
         return rows_to_table(rows, carried_columns(batch))
+
+    async def _generate(self, prepared: PreparedRequest) -> GenerationResult:
+        """One row: its patches made here, from the resized images it came with, then generated."""
+        try:
+            with self.generator.stats.stage("patches"):
+                prepared = with_pixel_values(prepared, self.generator.loaded.processor)
+        except Exception as exc:  # one odd row must not fail its window
+            return GenerationResult.failed(prepared.request_id, f"internal error: making image patches: {exc}")
+        return await self.engine.generate(prepared)
 
     def _window_starts(self) -> None:
         now = time.perf_counter()

@@ -96,8 +96,8 @@ def job_stats(tally: ResultTally, stage_reports: dict[str, list[Any]], registry_
         "prefix_cached_tokens": generation.num_prefix_cached_tokens,
         "stage_seconds": {
             "preprocess": round(sum(r["seconds"] for r in stage_reports.get("preprocess", [])), 3),
-            **{k: round(generation.stage_seconds.get(k, 0.0), 3) for k in ("load", "transfer", "encode",
-                                                                            "compute", "postprocess")},
+            **{k: round(generation.stage_seconds.get(k, 0.0), 3)
+               for k in ("load", "patches", "transfer", "encode", "compute", "postprocess")},
             "write": round(write_seconds, 3),
         },
         # What crosses the object store per row from the preprocess actors to the model actors (Arrow bytes).
