@@ -8,6 +8,7 @@ restart, or `ray.kill`) rebuilds its index from them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -22,6 +23,27 @@ NAMESPACE = "vlray"
 # Ray ends a named actor that is not detached once its creator drops every handle to it: the creating process
 # keeps one here for as long as it runs (the job's lifetime), whoever else looks the actor up by name.
 _held: dict[str, ActorHandle] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class CacheActorConfig:
+    """Which CacheActor the job's actors share, and how they treat it: Ray settings, so not in EngineConfig."""
+
+    name: str = "vlray-cache"
+    """Name of the CacheActor that ModelWorkers share (in Ray namespace `vlray`)."""
+    detached: bool = False
+    """Create the CacheActor detached, so it outlives the job that started it."""
+    retry_s: float = 30.0
+    """How often a worker whose CacheActor is gone looks it up again by name (it goes on without it meanwhile)."""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("the CacheActor's name is empty: name it (default vlray-cache).")
+        if isinstance(self.retry_s, bool) or not isinstance(self.retry_s, (int, float)) or not self.retry_s > 0:
+            raise ValueError(f"retry_s={self.retry_s!r} must be a positive number of seconds.")
+
+
+DEFAULT_CACHE_ACTOR = CacheActorConfig()
 
 
 class ObjectStoreHot:
@@ -65,22 +87,24 @@ class CacheActor:
         self.store.flush()
 
 
-def get_or_create_cache_actor(config: EngineConfig, placement_options: dict[str, Any] | None = None) -> ActorHandle:
-    """The CacheActor named in the config (namespace `vlray`), created if there is none; detached if asked.
+def get_or_create_cache_actor(config: EngineConfig, placement_options: dict[str, Any] | None = None,
+                              actor_config: CacheActorConfig = DEFAULT_CACHE_ACTOR) -> ActorHandle:
+    """The CacheActor `actor_config` names (namespace `vlray`), created on `config`'s cache folder and budgets if
+    there is none; detached if asked.
 
     `placement_options`: where a new one goes (Placement.cache_options); an existing one stays where it is."""
-    options: dict[str, Any] = {"name": config.cache_actor_name, "namespace": NAMESPACE, "get_if_exists": True,
+    options: dict[str, Any] = {"name": actor_config.name, "namespace": NAMESPACE, "get_if_exists": True,
                                **(placement_options or {})}
-    if config.cache_actor_detached:
+    if actor_config.detached:
         options["lifetime"] = "detached"
     actor = CacheActor.options(**options).remote(config)
     ray.get(actor.stats.remote())  # surfaces a construction error here
     # Keep the owner's handle: a handle from get_if_exists does not own the actor, and dropping the owner's (by
     # overwriting it with this one) would let Ray kill the actor under the workers using it. A held handle of
     # another actor (one that died since) is replaced by this, the new actor's.
-    held = _held.get(config.cache_actor_name)
+    held = _held.get(actor_config.name)
     if held is None or held._actor_id != actor._actor_id:
-        _held[config.cache_actor_name] = actor
+        _held[actor_config.name] = actor
     return actor
 
 

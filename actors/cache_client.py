@@ -16,8 +16,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError, RayError
 
-from actors.cache_actor import find_cache_actor
-from vlray.config import EngineConfig
+from actors.cache_actor import DEFAULT_CACHE_ACTOR, CacheActorConfig, find_cache_actor
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +33,9 @@ class CacheActorClient:
         self.num_failures = 0
 
     @classmethod
-    def of_config(cls, config: EngineConfig) -> "CacheActorClient | None":
+    def of_config(cls, config: CacheActorConfig = DEFAULT_CACHE_ACTOR) -> "CacheActorClient | None":
         """A client of the config's CacheActor (its name and retry interval), or None when none runs."""
-        return cls.connect(config.cache_actor_name, config.cache_actor_retry_s)
+        return cls.connect(config.name, config.retry_s)
 
     @classmethod
     def connect(cls, name: str, retry_s: float = 30.0) -> "CacheActorClient | None":

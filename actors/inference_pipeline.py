@@ -8,6 +8,7 @@ from typing import Any
 
 import ray
 
+from actors.cache_actor import DEFAULT_CACHE_ACTOR, CacheActorConfig
 from actors.placement import PlacementConfig
 from actors.worker_factory import create_model_workers, fan_out_generate, split_evenly
 from vlray.config import EngineConfig
@@ -24,11 +25,12 @@ class InferencePipeline:
     """
 
     def __init__(self, config: EngineConfig, num_workers: int = 1, num_cpus_per_worker: float | None = None,
-                 ray_address: str | None = None, placement: PlacementConfig | None = None) -> None:
+                 ray_address: str | None = None, placement: PlacementConfig | None = None,
+                 cache_actor: CacheActorConfig = DEFAULT_CACHE_ACTOR) -> None:
         if not ray.is_initialized():
             ray.init(address=ray_address, log_to_driver=False)
         self.config = config
-        self.workers = create_model_workers(config, num_workers, num_cpus_per_worker, placement)
+        self.workers = create_model_workers(config, num_workers, num_cpus_per_worker, placement, cache_actor)
         self._wall_seconds = 0.0
 
     def run(self, requests: Sequence[GenerationRequest | dict[str, Any]]) -> list[GenerationResult]:

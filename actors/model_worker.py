@@ -9,6 +9,7 @@ from typing import Any
 
 import ray
 
+from actors.cache_actor import DEFAULT_CACHE_ACTOR, CacheActorConfig
 from actors.cache_client import CacheActorClient
 from actors.metrics import VlrayMetrics
 from vlray.config import EngineConfig
@@ -23,7 +24,7 @@ from vlray.stats import PipelineStats
 class ModelWorker:
     """Loads the model once, then serves `generate(requests)` calls; one per GPU (or a CPU worker)."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, cache_actor: CacheActorConfig = DEFAULT_CACHE_ACTOR) -> None:
         # Ray sets OMP_NUM_THREADS=1 in workers; unless told otherwise, use the CPUs this actor was granted.
         granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         set_cpu_threads(config.num_threads or max(1, int(granted)))
@@ -31,7 +32,7 @@ class ModelWorker:
         # The shared CacheActor when one runs (the worker factory starts it); else a store in this worker.
         self.cache_client = None
         if config.uses_content_cache:
-            self.cache_client = CacheActorClient.of_config(config)
+            self.cache_client = CacheActorClient.of_config(cache_actor)
         self.llm = LLM(config, cache=self.cache_client)
         self.metrics = VlrayMetrics("pipeline", config.model)
 

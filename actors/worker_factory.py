@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import ray
 from ray.actor import ActorHandle
 
-from actors.cache_actor import get_or_create_cache_actor
+from actors.cache_actor import DEFAULT_CACHE_ACTOR, CacheActorConfig, get_or_create_cache_actor
 from actors.model_worker import ModelWorker
 from actors.placement import PlacementConfig, place_model_workers
 from vlray.config import EngineConfig
@@ -17,14 +17,16 @@ T = TypeVar("T")
 
 
 def create_model_workers(config: EngineConfig, num_workers: int = 1, num_cpus_per_worker: float | None = None,
-                         placement: PlacementConfig | None = None) -> list[ActorHandle]:
+                         placement: PlacementConfig | None = None,
+                         cache_actor: CacheActorConfig = DEFAULT_CACHE_ACTOR) -> list[ActorHandle]:
     """Start `num_workers` ModelWorkers (one per GPU, spread over nodes) and wait until each has loaded its model."""
     if num_workers < 1:
         raise ValueError("num_workers must be at least 1")
     plan, resources = place_model_workers(num_workers, config, num_cpus_per_worker, placement)
     if config.uses_content_cache:
-        get_or_create_cache_actor(config, plan.cache_options())  # before the workers, which look it up by name
-    workers = [ModelWorker.options(**plan.model_actor_options(resources)).remote(config) for _ in range(num_workers)]
+        get_or_create_cache_actor(config, plan.cache_options(), cache_actor)  # first: workers look it up by name
+    workers = [ModelWorker.options(**plan.model_actor_options(resources)).remote(config, cache_actor)
+               for _ in range(num_workers)]
     ray.get([w.info.remote() for w in workers])  # surfaces a load error here, not at the first request
     return workers
 

@@ -1,4 +1,9 @@
-"""Engine configuration: one frozen dataclass, validated on creation."""
+"""Engine configuration: one frozen dataclass, validated on creation.
+
+It is the one definition of every engine knob: the server's arguments (vlray/serving/server_config.py) and the
+batch job's flags (actors/data/batch_job.py) are derived from its fields, types, defaults and docstrings
+(vlray/config_fields.py). A new field needs a one-line docstring under it, and a type those surfaces can parse
+(bool, int, float, str, a Literal, or one of them | None). Ray settings live in actors/, not here."""
 
 from __future__ import annotations
 
@@ -51,6 +56,7 @@ class EngineConfig:
     dtype: DTypeName | None = None
     """Override of the profile's dtype (for example bfloat16 on a CPU with AVX512-BF16)."""
     device_index: int = 0
+    """Which GPU of the machine (or of those Ray gave the worker) the model goes on."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Cap on an image's pixels after resizing (the model's own setting applies when lower)."""
     min_pixels: int | None = None
@@ -69,7 +75,8 @@ class EngineConfig:
     """Token budget. hf: of one static batch, rows x (longest prompt + most new tokens), padding included;
     engine: of one step, prompt tokens prefilled plus one per decoding request."""
     max_batch_size: int = 32
-    """Rows: of one static batch (hf), or decoding together (engine)."""
+    """Rows: of one static batch (hf), or decoding together (engine). The server's and the batch job's default
+    too: the token budget and the KV cache bound memory, so this only caps how many rows share a step."""
     bucket_static_batches: bool = True
     """hf: cut static batches by kind and prompt length (False: in arrival order, kinds mixed)."""
     kv_cache_bytes: int | None = None
@@ -100,12 +107,6 @@ class EngineConfig:
     """Budget of the warm tier (files under cache_dir)."""
     cache_cold_bytes: int = DEFAULT_CACHE_COLD_BYTES
     """Budget of the cold tier (zstd files under cache_dir)."""
-    cache_actor_name: str = "vlray-cache"
-    """Name of the CacheActor that ModelWorkers share (in Ray namespace `vlray`)."""
-    cache_actor_detached: bool = False
-    """Create the CacheActor detached, so it outlives the job that started it."""
-    cache_actor_retry_s: float = 30.0
-    """How often a worker whose CacheActor is gone looks it up again by name (it goes on without it meanwhile)."""
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -132,6 +133,9 @@ class EngineConfig:
                                  "lower min_pixels or raise max_pixels.")
         if self.max_model_len is not None:
             _require_positive("max_model_len", self.max_model_len)
+            if self.max_model_len < 2:
+                raise ValueError(f"max_model_len={self.max_model_len} leaves no room for a prompt and a new token: "
+                                 "give 2 or more (or leave it unset for the model's own).")
         _require_positive("block_size", self.block_size)
         if self.kv_cache_bytes is not None:
             _require_positive("kv_cache_bytes", self.kv_cache_bytes)
@@ -146,10 +150,6 @@ class EngineConfig:
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}={value!r} must be a whole number of bytes, 0 or more (0 turns the tier "
                                  "off).")
-        if not self.cache_actor_retry_s > 0:
-            raise ValueError(f"cache_actor_retry_s={self.cache_actor_retry_s!r} must be a positive number of seconds.")
-        if not self.cache_actor_name:
-            raise ValueError("cache_actor_name is empty: name the CacheActor (default vlray-cache).")
 
     @property
     def uses_encoder_cache(self) -> bool:

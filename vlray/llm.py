@@ -18,6 +18,7 @@ from vlray.engine.backend import GenerationBackend, run_to_completion, stream_to
 from vlray.engine.continuous_engine import ContinuousBatchingEngine
 from vlray.engine.image_encoder import ImageEncoder
 from vlray.engine.token_stream import DeltaSink, StreamDelta
+from vlray.inputs.image_policy import ImagePolicy
 from vlray.inputs.prepared_request import PreparedRequest
 from vlray.inputs.preprocessor import RequestPreprocessor
 from vlray.model.loader import LoadedModel, load_model
@@ -43,9 +44,10 @@ class LLM:
     error results, never as exceptions."""
 
     def __init__(self, config: EngineConfig, *, loaded: LoadedModel | None = None,
-                 cache: BlobCache | None = None) -> None:
+                 cache: BlobCache | None = None, image_policy: ImagePolicy | None = None) -> None:
         """loaded: a model already loaded (tests and benchmarks share one); cache: where preprocessed images and
-        encoder outputs go (a CacheActor's client, say), None opening a local store when the config caches."""
+        encoder outputs go (a CacheActor's client, say), None opening a local store when the config caches;
+        image_policy: which image sources requests may use (the server's), else local files and no http."""
         self.stats = PipelineStats()
         start = time.perf_counter()
         self.loaded = loaded if loaded is not None else load_model(config)
@@ -57,7 +59,7 @@ class LLM:
         self.cache = cache
         self.preprocessor = RequestPreprocessor(
             self.loaded.processor, self.loaded.max_model_len, config.default_max_tokens, config.max_input_pixels,
-            image_cache=cache if config.uses_preprocessed_cache else None,
+            image_policy=image_policy, image_cache=cache if config.uses_preprocessed_cache else None,
             max_images_per_request=config.max_images_per_request, max_request_chars=config.max_request_chars)
         self.backend = build_backend(self.loaded, config, self.stats, cache)
 

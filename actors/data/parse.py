@@ -1,13 +1,12 @@
-"""The batch job's first stage, and the form rows travel in between stages.
+"""The batch job's first stage: raw input rows -> BatchRows (requests, or error results), as row tables.
 
-Rows travel as two columns: `source` and `blob`, a pickled BatchRow (request, prepared tensors, result). Parse
-runs as many small Ray tasks, so this module stays light: a task's worker imports it, and importing torch and
-transformers there (as the model stages' module does) would cost seconds of CPU per worker process.
+Rows travel between stages as plain Arrow columns (vlray/batch/row_table.py). Parse runs as many small Ray
+tasks, so this module stays light: a task's worker imports it, and importing torch and transformers there (as
+the model stages' module does) would cost seconds of CPU per worker process.
 """
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 import pyarrow as pa
@@ -15,20 +14,11 @@ import ray
 from ray.actor import ActorHandle
 
 from actors.data.datasources import ERROR_COLUMN, LINE_COLUMN, SOURCE_COLUMN, relative_source
-from vlray.batch.inputs import INPUT_IMAGES, INPUT_JSONL
 from actors.data.id_registry import DUPLICATE, SKIP
-from vlray.batch.rows import BatchRow, parse_jsonl_line, split_row
+from vlray.batch.inputs import INPUT_IMAGES, INPUT_JSONL
+from vlray.batch.row_table import arrow_extras, json_extras, rows_to_table
+from vlray.batch.rows import REQUEST_FIELDS, BatchRow, parse_jsonl_line, split_row
 from vlray.schema import GenerationResult, RequestError, request_id_of
-
-
-
-def pack(rows: list[BatchRow]) -> pa.Table:
-    return pa.table({"source": pa.array([r.source for r in rows], type=pa.string()),
-                     "blob": pa.array([pickle.dumps(r, protocol=5) for r in rows], type=pa.binary())})
-
-
-def unpack(batch: pa.Table) -> list[BatchRow]:
-    return [pickle.loads(blob) for blob in batch.column("blob").to_pylist()]
 
 
 # -- parse: raw rows -> BatchRow with a request (or an error), resume and duplicate checks ----------------
@@ -42,8 +32,8 @@ def parse_rows(batch: pa.Table, input_kind: str, input_root: str, defaults: dict
     rows = [_parse_one(raw, input_kind, input_root, defaults) for raw in batch.to_pylist()]
     verdicts = ray.get(registry.claim.remote(
         [(r.source, request_id_of(r.request) if r.request is not None else None) for r in rows]))
-    kept = []
-    for row, verdict in zip(rows, verdicts):
+    kept: list[int] = []
+    for i, (row, verdict) in enumerate(zip(rows, verdicts)):
         if verdict == SKIP:
             continue
         if verdict == DUPLICATE and row.result is None:
@@ -51,8 +41,19 @@ def parse_rows(batch: pa.Table, input_kind: str, input_root: str, defaults: dict
             row.result = GenerationResult.failed(row_id, RequestError(
                 f"duplicate id {row_id!r}: row {row.source} repeats an id that another row already has",
                 kind="duplicate_id"))
-        kept.append(row)
-    return pack(kept)
+        kept.append(i)
+    return rows_to_table([rows[i] for i in kept], _carried(batch, input_kind, [rows[i] for i in kept], kept))
+
+
+def _carried(batch: pa.Table, input_kind: str, rows: list[BatchRow], kept: list[int]) -> pa.Table:
+    """The kept rows' carried-through columns: a table's own (their Arrow types kept), a JSONL row's fields as
+    the JSON they were."""
+    if input_kind == INPUT_IMAGES:
+        return pa.table({})
+    if input_kind == INPUT_JSONL:
+        return json_extras([row.extra for row in rows])
+    names = [name for name in batch.column_names if name not in REQUEST_FIELDS and name not in (SOURCE_COLUMN, ERROR_COLUMN)]
+    return arrow_extras(batch.take(pa.array(kept, type=pa.int64())), names)
 
 
 def _parse_one(raw: dict[str, Any], input_kind: str, input_root: str, defaults: dict[str, Any]) -> BatchRow:

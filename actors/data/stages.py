@@ -16,11 +16,14 @@ import ray
 from ray.actor import ActorHandle
 from ray.data import ActorPoolStrategy
 
+from actors.cache_actor import DEFAULT_CACHE_ACTOR, CacheActorConfig
 from actors.cache_client import CacheActorClient
-from actors.data.parse import pack, unpack
 from actors.metrics import VlrayMetrics
+from vlray.batch.row_table import carried_columns, rows_to_table, table_to_rows
 from vlray.config import EngineConfig
 from vlray.engine.async_engine import AsyncEngine
+from vlray.inputs.prepared_request import PreparedRequest
+from vlray.inputs.resized_image import with_pixel_values
 from vlray.llm import LLM
 from vlray.model.loader import load_preprocessor, set_cpu_threads
 from vlray.batch.shard_writer import RETRYABLE_ERROR_KINDS
@@ -43,41 +46,47 @@ def incarnation_key() -> str:
 class PreprocessStage:
     """CPU actor: RequestPreprocessor over the rows that still need it."""
 
-    def __init__(self, config: EngineConfig, collector: ActorHandle) -> None:
+    def __init__(self, config: EngineConfig, collector: ActorHandle,
+                 cache_actor: CacheActorConfig = DEFAULT_CACHE_ACTOR) -> None:
         # Through the job's CacheActor when caching is on: an image seen before is not decoded again.
-        cache = CacheActorClient.of_config(config) if config.uses_preprocessed_cache else None
+        cache = CacheActorClient.of_config(cache_actor) if config.uses_preprocessed_cache else None
         self.preprocessor = load_preprocessor(config, image_cache=cache)
         self.collector = collector
         self.actor_key = incarnation_key()
         self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self.seconds = 0.0
         self.rows = 0
+        self.bytes_out = 0  # of the row tables sent on to the model actors (through the object store)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start = time.perf_counter()
-        rows = unpack(batch)
+        rows = table_to_rows(batch)
         ray.get(self.collector.begin.remote("preprocess", [row.source for row in rows]))
         for row in rows:
             if row.result is not None:
                 continue
             try:
-                row.prepared = self.preprocessor.prepare(row.request)
+                # Images stay resized uint8 (8x smaller than patches) until the model actor makes the patches.
+                row.prepared = self.preprocessor.prepare(row.request, make_patches=False)
             except RequestError as exc:
                 row.result = GenerationResult.failed(request_id_of(row.request), exc)
             except Exception as exc:  # one odd row must not fail the job
                 row.result = GenerationResult.failed(request_id_of(row.request), f"internal error: {exc}")
             row.request = None  # images are in `prepared` now; do not ship them on
+        out = rows_to_table(rows, carried_columns(batch))
         self.seconds += time.perf_counter() - start
         self.rows += len(rows)
-        self.collector.report.remote("preprocess", self.actor_key, {"seconds": self.seconds, "rows": self.rows,
-                                                                    "restarted": self.restarted})
-        return pack(rows)
+        self.bytes_out += out.nbytes
+        self.collector.report.remote("preprocess", self.actor_key, {
+            "seconds": self.seconds, "rows": self.rows, "bytes_out": self.bytes_out, "restarted": self.restarted})
+        return out
 
 
 def preprocess_stage_args(config: EngineConfig, collector: ActorHandle, num_workers: int,
-                          actor_options: dict[str, Any]) -> dict[str, Any]:
+                          actor_options: dict[str, Any], cache_actor: CacheActorConfig = DEFAULT_CACHE_ACTOR
+                          ) -> dict[str, Any]:
     """`actor_options`: where the actors go (Placement.preprocess_options)."""
-    return dict(fn_constructor_kwargs=dict(config=config, collector=collector),
+    return dict(fn_constructor_kwargs=dict(config=config, collector=collector, cache_actor=cache_actor),
                 compute=ActorPoolStrategy(size=num_workers), batch_format="pyarrow", batch_size=8, num_cpus=0.5,
                 **actor_options)
 
@@ -90,10 +99,11 @@ class GenerateStage:
     current window's last rows finish: the model does not drain between windows. Time with no window in
     the actor at all is the stage's wait (for preprocessing)."""
 
-    def __init__(self, config: EngineConfig, collector: ActorHandle, window_rows: int) -> None:
+    def __init__(self, config: EngineConfig, collector: ActorHandle, window_rows: int,
+                 cache_actor: CacheActorConfig = DEFAULT_CACHE_ACTOR) -> None:
         granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         set_cpu_threads(config.num_threads or max(1, int(granted)))
-        cache = CacheActorClient.of_config(config) if config.uses_content_cache else None
+        cache = CacheActorClient.of_config(cache_actor) if config.uses_content_cache else None
         self.llm = LLM(config, cache=cache)
         # Ray Data bounds what is in flight (tasks per actor, and up to 4 batches per task for async UDFs);
         # the engine's queue only has to hold all of it.
@@ -114,13 +124,13 @@ class GenerateStage:
     async def __call__(self, batch: pa.Table) -> pa.Table:
         self._window_starts()
         try:
-            rows = unpack(batch)
+            rows = table_to_rows(batch)
             self.metrics.record_retried_rows("generate", await self.collector.begin.remote(
                 "generate", [row.source for row in rows]))
             todo = [row for row in rows if row.result is None]
             self.metrics.record_errors(row.result.error_kind for row in rows if row.result is not None)
             for _ in range(1 + MAX_STEP_RETRIES):
-                results = await asyncio.gather(*(self.engine.generate(row.prepared) for row in todo))
+                results = await asyncio.gather(*(self._generate(row.prepared) for row in todo))
                 for row, result in zip(todo, results):
                     row.result = result
                 # A row's own fault is final; one that failed only because its step did goes again.
@@ -129,14 +139,23 @@ class GenerateStage:
                     break
             self.metrics.publish(self.llm.stats)
             for row in rows:
-                row.prepared = None  # pixel patches stay here; only results travel to the writer
+                row.prepared = None  # images and patches stay here; only results travel to the writer
         finally:
             self._window_ends()
         self.rows += len(rows)
         self.collector.report.remote("generate", self.actor_key, {
             "stats": self.llm.stats, "busy_seconds": self.busy_seconds, "wait_seconds": self.wait_seconds,
             "rows": self.rows, "node_id": self.context.get_node_id(), "restarted": self.restarted})
-        return pack(rows)
+        return rows_to_table(rows, carried_columns(batch))
+
+    async def _generate(self, prepared: PreparedRequest) -> GenerationResult:
+        """One row: its patches made here, from the resized images it came with, then generated."""
+        try:
+            with self.llm.stats.stage("patches"):
+                prepared = with_pixel_values(prepared, self.llm.loaded.processor)
+        except Exception as exc:  # one odd row must not fail its window
+            return GenerationResult.failed(prepared.request_id, f"internal error: making image patches: {exc}")
+        return await self.engine.generate(prepared)
 
     def _window_starts(self) -> None:
         now = time.perf_counter()
@@ -155,12 +174,14 @@ class GenerateStage:
 
 
 def generate_stage_args(config: EngineConfig, collector: ActorHandle, num_workers: int,
-                        actor_options: dict[str, Any], window_rows: int) -> dict[str, Any]:
+                        actor_options: dict[str, Any], window_rows: int,
+                        cache_actor: CacheActorConfig = DEFAULT_CACHE_ACTOR) -> dict[str, Any]:
     """Two windows in flight per actor, both running (the actor is async): one fills the engine as the other
     drains.
 
     `actor_options`: resources and node choice of a model actor (Placement.model_options)."""
-    return dict(fn_constructor_kwargs=dict(config=config, collector=collector, window_rows=window_rows),
+    return dict(fn_constructor_kwargs=dict(config=config, collector=collector, window_rows=window_rows,
+                                           cache_actor=cache_actor),
                 compute=ActorPoolStrategy(size=num_workers, max_tasks_in_flight_per_actor=WINDOWS_IN_FLIGHT,
                                           max_concurrent_calls_per_actor=WINDOWS_IN_FLIGHT),
                 batch_format="pyarrow", batch_size=window_rows, **actor_options)

@@ -22,7 +22,6 @@ from actors.metrics import VlrayMetrics, publish_every
 from actors.autoscaler import NotEnoughGpusError, autoscaler_view
 from actors.placement import Placement, WorkerResources, plan_worker_resources, replica_actor_options, wants_gpus
 from vlray.engine.async_engine import AsyncEngine
-from vlray.inputs.preprocessor import RequestPreprocessor
 from vlray.llm import LLM
 from vlray.model.loader import set_cpu_threads
 from vlray.serving.app import build_openai_app
@@ -40,19 +39,9 @@ class OpenAIDeployment:
 
     def __init__(self, config: ServerConfig) -> None:
         granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        set_cpu_threads(max(1, int(granted)))  # Ray sets OMP_NUM_THREADS=1 in actors
-        engine_config = config.engine_config()
-        llm = LLM(engine_config)
-        loaded = llm.loaded
-        preprocessor = RequestPreprocessor(loaded.processor, loaded.max_model_len, engine_config.default_max_tokens,
-                                           engine_config.max_input_pixels, image_policy=config.image_policy(),
-                                           max_images_per_request=engine_config.max_images_per_request,
-                                           max_request_chars=engine_config.max_request_chars)
-        engine = AsyncEngine(llm.backend, llm.stats, engine_config.max_batch_size, config.max_queued_requests,
-                             config.batch_wait_ms / 1000, config.retry_after_s)
-        self.service = ChatService(preprocessor, engine, config.model_name, PreprocessPool(max(1, int(granted))),
-                                   max_admitted=admitted_requests(config), retry_after_s=config.retry_after_s)
         self.max_request_bytes = config.max_request_bytes
+        self.service, llm = build_service(config, granted)
+        engine = self.service.engine
         self._stop_metrics = publish_every(VlrayMetrics("serve", config.model_name), lambda: llm.stats,
                                            lambda: engine.num_queued)
 
@@ -72,6 +61,21 @@ class OpenAIDeployment:
 def admitted_requests(config: ServerConfig) -> int:
     """Requests one replica holds at once: a full batch generating and a full queue waiting."""
     return config.max_batch_size + config.max_queued_requests
+
+
+def build_service(config: ServerConfig, granted_cpus: float = 1.0) -> tuple[ChatService, LLM]:
+    """A replica's model, engine and OpenAI service, each built once: the replica preprocesses through its
+    LLM's one RequestPreprocessor, with the server's image policy and the preprocessed-image cache (the
+    config's local store) in front of it, so an image asked about again is neither decoded nor resized again."""
+    engine_config = config.engine_config()
+    cpus = max(1, int(granted_cpus))
+    set_cpu_threads(engine_config.num_threads or cpus)  # Ray sets OMP_NUM_THREADS=1 in actors
+    llm = LLM(engine_config, image_policy=config.image_policy())
+    engine = AsyncEngine(llm.backend, llm.stats, engine_config.max_batch_size, config.max_queued_requests,
+                         config.batch_wait_ms / 1000, config.retry_after_s)
+    service = ChatService(llm.preprocessor, engine, config.model_name, PreprocessPool(cpus),
+                          max_admitted=admitted_requests(config), retry_after_s=config.retry_after_s)
+    return service, llm
 
 
 def replica_resources(config: ServerConfig, cluster: dict[str, float] | None = None,

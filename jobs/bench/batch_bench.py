@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> dict:
         "generate_wait_fraction_hf": bucketed["generate_wait_fraction"],
         "job_stage_seconds": engine["stage_seconds"],
         "job_wall_seconds": engine["wall_seconds"],
+        "preprocess_bytes_per_row": engine.get("preprocess_bytes_per_row"),
         "greedy_text_mismatches": mismatches,
     }
     print(f"{'path':<48}{'rows/s':>10}{'ratio':>8}")
@@ -125,6 +126,7 @@ def run(args: argparse.Namespace) -> dict:
           f"input order {figures['padding_fraction_input_order']:.3f}")
     print(f"generate stage wait fraction: engine {figures['generate_wait_fraction']:.3f}, "
           f"hf {figures['generate_wait_fraction_hf']:.3f}")
+    print(f"object-store bytes per row, preprocess -> generate: {figures['preprocess_bytes_per_row']}")
     print("greedy texts identical" if not mismatches else f"greedy texts DIFFER for {mismatches}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))

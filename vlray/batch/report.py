@@ -96,10 +96,14 @@ def job_stats(tally: ResultTally, stage_reports: dict[str, list[Any]], registry_
         "prefix_cached_tokens": generation.num_prefix_cached_tokens,
         "stage_seconds": {
             "preprocess": round(sum(r["seconds"] for r in stage_reports.get("preprocess", [])), 3),
-            **{k: round(generation.stage_seconds.get(k, 0.0), 3) for k in ("load", "transfer", "encode",
-                                                                            "compute", "postprocess")},
+            **{k: round(generation.stage_seconds.get(k, 0.0), 3)
+               for k in ("load", "patches", "transfer", "encode", "compute", "postprocess")},
             "write": round(write_seconds, 3),
         },
+        # What crosses the object store per row from the preprocess actors to the model actors (Arrow bytes).
+        "preprocess_bytes_per_row": round(
+            sum(r.get("bytes_out", 0) for r in stage_reports.get("preprocess", []))
+            / max(1, sum(r["rows"] for r in stage_reports.get("preprocess", [])))),
         "generate_wait_fraction": round(waited / (waited + busy), 4) if busy + waited else 0.0,
         "errors_by_kind": dict(tally.errors_by_kind),
         "generate_workers": [{"node_id": r["node_id"], "rows": r["rows"], "restarted": r.get("restarted", False),
@@ -129,7 +133,7 @@ def print_summary(stats: dict[str, Any], console: Console | None = None) -> None
                        ("prompt tokens", "prompt_tokens"), ("generated tokens", "generated_tokens"),
                        ("rows/s", "rows_per_second"), ("generated tokens/s", "generated_tokens_per_second"),
                        ("padding fraction", "padding_fraction"), ("generate wait fraction", "generate_wait_fraction"),
-                       ("images / encoded", "images"),
+                       ("images / encoded", "images"), ("preprocess bytes per row", "preprocess_bytes_per_row"),
                        ("wall seconds", "wall_seconds"), ("seconds to first result", "seconds_to_first_result")]:
         value = f"{stats['images']} / {stats['images_encoded']}" if key == "images" else str(stats[key])
         table.add_row(label, value)

@@ -28,12 +28,16 @@ def processor_settings(processor: ProcessorMixin) -> str:
     return _sha256(json.dumps(settings, sort_keys=True, default=str))
 
 
+# What a preprocessed-image entry holds; a new form gets a new tag, so entries of the old one are never read as it.
+PREPROCESSED_FORM = "resized-uint8"
+
+
 def preprocessed_image_key(image_hash: str, settings: str, max_input_pixels: int) -> str:
-    """Key of an image's pixel patches and grid: its bytes' hash + processor settings.
+    """Key of an image's resized pixels and grid: its bytes' hash + processor settings + the entry's form.
 
     max_input_pixels is in it because a cached image skips the check against it.
     """
-    return f"{PREPROCESSED_PREFIX}-{_sha256(image_hash, settings, str(max_input_pixels))}"
+    return f"{PREPROCESSED_PREFIX}-{_sha256(image_hash, settings, str(max_input_pixels), PREPROCESSED_FORM)}"
 
 
 def encoder_output_key(image_hash: str, settings: str, model_fingerprint: str, dtype: str) -> str:

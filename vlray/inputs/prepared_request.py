@@ -1,5 +1,9 @@
 """A request after preprocessing: token ids and image patches, ready to batch. Plain numpy, so it travels
-through Ray's object store and Ray Data without torch tensors."""
+through Ray's object store and Ray Data without torch tensors.
+
+Its images are in one of two forms: `pixel_values`, the float32 patches the model takes, or `images`, the
+resized uint8 pixels they are made from (vlray/inputs/resized_image.py), 8x smaller: the form in which they
+cross from the batch job's preprocess actors to its model actors, which make the patches."""
 
 from __future__ import annotations
 
@@ -64,11 +68,12 @@ class PreparedRequest:
     pixel_values: np.ndarray | None = None  # [num_patches, C*temporal*patch*patch] float32
     image_grid_thw: np.ndarray | None = None  # [num_images, 3] int64
     image_hashes: list[str] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)  # each [H, W, 3] uint8, resized; until patches are made
 
     @property
     def kind(self) -> str:
         """text or image: the two never share a model batch (image batches run the vision encoder)."""
-        return IMAGE_KIND if self.pixel_values is not None else TEXT_KIND
+        return IMAGE_KIND if self.image_grid_thw is not None else TEXT_KIND
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -76,4 +81,4 @@ class PreparedRequest:
 
     @property
     def num_image_patches(self) -> int:
-        return 0 if self.pixel_values is None else int(self.pixel_values.shape[0])
+        return 0 if self.image_grid_thw is None else int(np.prod(self.image_grid_thw, axis=1).sum())

@@ -1,9 +1,11 @@
-"""Preprocessed images by content: pixel patches and grid, keyed by SHA-256(image bytes + processor settings).
+"""Preprocessed images by content: the resized uint8 pixels and grid, keyed by SHA-256(image bytes + processor
+settings).
 
-On a hit the image is read and hashed but never decoded or resized. The text half of the processor's call
-(image placeholders expanded to the grid's token count, tokenized, multimodal token types) is then done with the
-processor's own public methods, so the result is what `processor(text=..., images=...)` returns, field for field
-(tests/test_preprocessed_image_cache.py checks it).
+It keeps what crosses between the batch job's stages (vlray/inputs/resized_image.py): the processor's resize, not
+its float32 patches, so an entry is 8x smaller and the patches are made where the model is. On a hit the image is
+read and hashed but never decoded or resized. The text half of the processor's call (image placeholders expanded
+to the grid's token count, tokenized, multimodal token types) is done with the processor's own public methods, so
+the result is what `processor(text=..., images=...)` returns, field for field (tests/inputs checks it).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -23,18 +24,10 @@ from transformers import ProcessorMixin
 from vlray.cache.keys import BlobCache, preprocessed_image_key, processor_settings
 from vlray.inputs.image_input import load_image, read_image_bytes
 from vlray.inputs.image_policy import DEFAULT_IMAGE_POLICY, ImagePolicy
-from vlray.schema import ImageSource, RequestError
+from vlray.inputs.resized_image import ResizedImage, resize_image
+from vlray.schema import ImageSource
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessedImage:
-    """One image as the model takes it."""
-
-    pixel_values: np.ndarray  # [patches, C*temporal*patch*patch] float32
-    image_grid_thw: np.ndarray  # [1, 3] int64
-    content_hash: str
 
 
 class PreprocessedImageCache:
@@ -47,11 +40,12 @@ class PreprocessedImageCache:
         self.max_input_pixels = max_input_pixels
         self.policy = policy  # bytes are read through it before the lookup: a hit obeys it too
         self.settings = processor_settings(processor)
+        self.patch_size = int(processor.image_processor.patch_size)
         self.num_hits = 0
         self.num_misses = 0
 
-    def load(self, sources: Sequence[ImageSource]) -> list[ProcessedImage]:
-        """Each image's patches and grid, in order."""
+    def load(self, sources: Sequence[ImageSource]) -> list[ResizedImage]:
+        """Each image resized, with its grid, in order."""
         raw: list[bytes | Image.Image] = []
         hashes: list[str] = []
         for source in sources:
@@ -70,7 +64,7 @@ class PreprocessedImageCache:
             if key not in found:
                 image = self._process(item, content_hash)
                 found[key] = image
-                stored[key] = save_arrays({"pixel_values": image.pixel_values, "image_grid_thw": image.image_grid_thw})
+                stored[key] = save_arrays({"pixels": image.pixels, "image_grid_thw": image.image_grid_thw})
                 self.num_misses += 1
             else:
                 self.num_hits += 1
@@ -79,28 +73,23 @@ class PreprocessedImageCache:
             self.cache.put_many(stored)
         return processed
 
-    def _lookup(self, keys: list[str], hashes: list[str]) -> dict[str, ProcessedImage]:
+    def _lookup(self, keys: list[str], hashes: list[str]) -> dict[str, ResizedImage]:
         found = {}
         for key, data in self.cache.get_many(list(dict.fromkeys(keys))).items():
             try:
                 arrays = load_arrays(data)
-                pixels, grid = arrays["pixel_values"], arrays["image_grid_thw"]
-                if grid.shape != (1, 3) or pixels.ndim != 2 or pixels.shape[0] != int(grid.prod()):
-                    raise ValueError(f"patches {pixels.shape} do not match grid {grid.tolist()}")
+                pixels, grid = arrays["pixels"], arrays["image_grid_thw"]
+                if (grid.shape != (1, 3) or pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3
+                        or pixels.shape[0] * pixels.shape[1] != int(grid.prod()) * self.patch_size**2):
+                    raise ValueError(f"pixels {pixels.shape} {pixels.dtype} do not match grid {grid.tolist()}")
             except (SafetensorError, KeyError, ValueError) as exc:
                 log.warning("cached preprocessed image %s is unusable (%s); processing it again", key, exc)
                 continue
-            found[key] = ProcessedImage(pixels, grid, hashes[keys.index(key)])
+            found[key] = ResizedImage(pixels, grid, hashes[keys.index(key)])
         return found
 
-    def _process(self, item: bytes | Image.Image, content_hash: str) -> ProcessedImage:
-        image = load_image(item, self.max_input_pixels).image
-        try:
-            out = self.processor.image_processor(images=[image], return_tensors="np")
-        except ValueError as exc:  # e.g. smart_resize refusing a shape
-            raise RequestError(f"image preprocessing failed: {exc}", kind="invalid_image") from None
-        return ProcessedImage(np.ascontiguousarray(out["pixel_values"], dtype=np.float32),
-                              np.asarray(out["image_grid_thw"], dtype=np.int64), content_hash)
+    def _process(self, item: bytes | Image.Image, content_hash: str) -> ResizedImage:
+        return resize_image(self.processor, load_image(item, self.max_input_pixels).image, content_hash)
 
 
 def tokenize_with_images(processor: ProcessorMixin, text: str, grids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ from vlray.inputs.image_input import load_image
 from vlray.inputs.image_policy import ImagePolicy
 from vlray.inputs.prepared_request import PreparedRequest, SamplingParams
 from vlray.inputs.preprocessed_image_cache import PreprocessedImageCache, tokenize_with_images
+from vlray.inputs.resized_image import patchify, resize_image
 from vlray.schema import GenerationRequest, ImageSource, RequestError, parse_request
 
 
@@ -44,12 +45,14 @@ class RequestPreprocessor:
         # No token decodes to more characters than the longest entry of the vocabulary (byte-level entries hold
         # one character per byte): a text longer than max_model_len of those cannot fit, whatever it says.
         self.max_chars_per_token = max(map(len, processor.tokenizer.get_vocab()), default=1) or 1
-        # With a cache, images are processed one by one through it (a hit is never decoded); without, in one call.
         self.image_cache = (PreprocessedImageCache(processor, image_cache, max_input_pixels, self.image_policy)
                             if image_cache is not None else None)
 
-    def prepare(self, raw: GenerationRequest | dict[str, Any]) -> PreparedRequest:
-        """Preprocess one request; raises RequestError (with a kind) when its input is bad."""
+    def prepare(self, raw: GenerationRequest | dict[str, Any], make_patches: bool = True) -> PreparedRequest:
+        """Preprocess one request; raises RequestError (with a kind) when its input is bad.
+
+        `make_patches=False` leaves its images resized but not yet patches (`images`, uint8): the batch job's
+        preprocess actors ship that, 8x smaller, and its model actors make the patches (with_pixel_values)."""
         request = parse_request(raw)
         hf_messages, sources = to_hf_messages(request)
         self._check_size(hf_messages, sources)
@@ -58,26 +61,15 @@ class RequestPreprocessor:
             raise RequestError(
                 f"prompt is {len(text)} characters, at least {len(text) // self.max_chars_per_token} tokens: over "
                 f"the model's context of {self.max_model_len} tokens (shorten the text)", kind="context_overflow")
-        if self.image_cache is not None and sources:
-            images = self.image_cache.load(sources)
+        # With a cache, an image seen before is neither decoded nor resized; without, each is done here.
+        images = (self.image_cache.load(sources) if self.image_cache is not None else
+                  [resize_image(self.processor, im.image, im.content_hash)
+                   for im in (load_image(src, self.max_input_pixels, self.image_policy) for src in sources)])
+        if images:
             grids = np.concatenate([im.image_grid_thw for im in images])
             input_ids, mm_types = tokenize_with_images(self.processor, text, grids)
-            pixel_values: np.ndarray | None = np.concatenate([im.pixel_values for im in images])
-            hashes = [im.content_hash for im in images]
         else:
-            loaded = [load_image(src, self.max_input_pixels, self.image_policy) for src in sources]
-            try:
-                encoded = self.processor(text=[text], images=[im.image for im in loaded] or None,
-                                         return_tensors="np")
-            except ValueError as exc:  # e.g. smart_resize refusing a shape
-                raise RequestError(f"image preprocessing failed: {exc}", kind="invalid_image") from None
-            input_ids = np.asarray(encoded["input_ids"][0], dtype=np.int64)
-            hashes = [im.content_hash for im in loaded]
-            mm_types, pixel_values, grids = None, None, None
-            if loaded:
-                mm_types = np.asarray(encoded["mm_token_type_ids"][0], dtype=np.int32)
-                pixel_values = np.ascontiguousarray(encoded["pixel_values"], dtype=np.float32)
-                grids = np.asarray(encoded["image_grid_thw"], dtype=np.int64)
+            input_ids = np.asarray(self.processor(text=[text], return_tensors="np")["input_ids"][0], dtype=np.int64)
         num_tokens = int(input_ids.shape[0])
         if num_tokens >= self.max_model_len:
             raise RequestError(
@@ -88,16 +80,18 @@ class RequestPreprocessor:
             # Past the context there is no room to generate: the request ends with finish_reason "length".
             max_tokens=min(wanted, self.max_model_len - num_tokens),
             temperature=request.temperature, top_p=request.top_p, seed=request.seed, stop=list(request.stop))
-        if pixel_values is None:
+        if not images:
             return PreparedRequest(request.id, input_ids, sampling)
+        pixels = [im.pixels for im in images]
         return PreparedRequest(
             request_id=request.id,
             input_ids=input_ids,
             sampling=sampling,
             mm_token_type_ids=mm_types,
-            pixel_values=pixel_values,
+            pixel_values=patchify(self.processor, pixels) if make_patches else None,
             image_grid_thw=grids,
-            image_hashes=hashes,
+            image_hashes=[im.content_hash for im in images],
+            images=[] if make_patches else pixels,
         )
 
 

@@ -200,3 +200,29 @@ def test_readme_client_example_runs(base_url, tmp_path):
                           env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "CompletionUsage(completion_tokens=" in done.stdout
+
+
+def test_a_replica_preprocesses_once_with_the_servers_policy_and_the_image_cache(tiny_model_dir, image_root):
+    """Item 3 of issue 10: one preprocessor per replica (its LLM's), behind the preprocessed-image cache."""
+    import torch
+
+    from actors.serve.deployment import build_service
+    from vlray.schema import RequestError
+
+    make_image(97, 61, 41).save(image_root / "only-here.png")
+    threads = torch.get_num_threads()
+    service, llm = build_service(ServerConfig(model=str(tiny_model_dir), device_profile="cpu", num_threads=threads,
+                                         image_root=str(image_root)))
+    try:
+        preprocessor = service.preprocessor
+        assert preprocessor is llm.preprocessor
+        assert preprocessor.image_policy.local_root == image_root and preprocessor.image_cache is not None
+        request = {"id": "a", "prompt": "What?", "images": [str(image_root / "only-here.png")]}
+        first, second = preprocessor.prepare(request), preprocessor.prepare(request)
+        assert (preprocessor.image_cache.num_misses, preprocessor.image_cache.num_hits) == (1, 1)
+        assert (first.input_ids == second.input_ids).all() and (first.pixel_values == second.pixel_values).all()
+        with pytest.raises(RequestError):  # the server's policy: nothing outside image_root
+            preprocessor.prepare({"id": "b", "prompt": "What?", "images": [str(tiny_model_dir / "config.json")]})
+    finally:
+        service.engine.close()
+        torch.set_num_threads(threads)
