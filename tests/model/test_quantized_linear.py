@@ -57,6 +57,13 @@ def test_int4_packed_matches_fp32(rows: int, group: int) -> None:
     assert _cosine(out, layer(x)) >= 0.99
 
 
+def test_int4_pads_rows_to_the_kernels_multiple() -> None:
+    layer = _layer(n=765)
+    x = torch.randn(2, 512)
+    out = Int4PackedLinear.from_linear(layer)(x)
+    assert out.shape == (2, 765) and _cosine(out, layer(x)) >= 0.99
+
+
 def test_int4_refuses_a_width_no_group_divides() -> None:
     with pytest.raises(ValueError, match="divisible"):
         Int4PackedLinear.from_linear(nn.Linear(100, 64))

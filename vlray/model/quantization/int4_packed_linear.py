@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 GROUP_SIZES = (128, 64, 32)  # the kernel's supported groups, largest first (fewest scales)
+ROW_MULTIPLE = 16  # output rows are padded to this (a 151936-row head needs none, the tiny model's 765 do)
 
 
 def pick_group_size(in_features: int) -> int | None:
@@ -41,7 +42,7 @@ class Int4PackedLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.group_size = group_size
-        self.register_buffer("packed", packed)  # [N, K/2] uint8, the kernel's own layout
+        self.register_buffer("packed", packed)  # [N padded to 16, K/2] uint8, the kernel's own layout
         self.register_buffer("scales_and_zeros", scales_and_zeros)  # [K/g, N, 2] bf16
         self.register_buffer("bias", bias)  # [N] fp32 or None
 
@@ -52,6 +53,9 @@ class Int4PackedLinear(nn.Module):
         if group_size is None or linear.in_features % group_size:
             raise ValueError(f"int4 needs in_features divisible by one of {GROUP_SIZES}; got {linear.in_features}")
         weight = linear.weight.detach().to("cpu", torch.float32)
+        padded_rows = -(-weight.shape[0] // ROW_MULTIPLE) * ROW_MULTIPLE  # the kernel packs rows by 16
+        if padded_rows != weight.shape[0]:
+            weight = torch.cat([weight, weight.new_zeros(padded_rows - weight.shape[0], weight.shape[1])])
         codes, scales_and_zeros = quantize_int4(weight, group_size)
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
         bias = None if linear.bias is None else linear.bias.detach().to("cpu", torch.float32).clone()
@@ -62,7 +66,7 @@ class Int4PackedLinear(nn.Module):
         flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size,
                                                          self.scales_and_zeros)  # [M, N] bf16
-        out = out.to(x.dtype)
+        out = out[:, : self.out_features].to(x.dtype)
         if self.bias is not None:
             out = out + self.bias.to(x.dtype)
         return out.view(*x.shape[:-1], self.out_features)
