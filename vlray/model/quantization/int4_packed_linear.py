@@ -43,7 +43,8 @@ class Int4PackedLinear(nn.Module):
         self.out_features = out_features
         self.group_size = group_size
         self.register_buffer("packed", packed)  # [N padded to 16, K/2] uint8, the kernel's own layout
-        self.register_buffer("scales_and_zeros", scales_and_zeros)  # [K/g, N, 2] bf16
+        # [K/g, N, 2] bf16, kept as its int16 bits so that model.to(dtype) and .float() leave it as the kernel wants
+        self.register_buffer("scales_and_zeros", scales_and_zeros.view(torch.int16))
         self.register_buffer("bias", bias)  # [N] fp32 or None
 
     @classmethod
@@ -65,7 +66,7 @@ class Int4PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size,
-                                                         self.scales_and_zeros)  # [M, N] bf16
+                                                         self.scales_and_zeros.view(torch.bfloat16))  # [M, N] bf16
         out = out[:, : self.out_features].to(x.dtype)
         if self.bias is not None:
             out = out + self.bias.to(x.dtype)
