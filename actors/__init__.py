@@ -1,1 +1,2 @@
-"""Thin Ray wrappers around engine classes: the ModelWorker actor, its factory and the InferencePipeline facade."""
+"""Everything that imports Ray: ModelWorker, the CacheActor and its client, the worker factory and fan-out,
+InferencePipeline, placement and metrics; serve/ (the Serve deployment) and data/ (the batch job on Ray Data)."""

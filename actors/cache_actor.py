@@ -15,8 +15,8 @@ from ray import ObjectRef
 from ray.actor import ActorHandle
 
 from actors.metrics import CacheMetrics
-from engine.config import EngineConfig
-from engine.tiered_store import TieredStore, open_store
+from vlray.cache.tiered_store import TieredStore, open_store
+from vlray.config import EngineConfig
 
 NAMESPACE = "vlray"
 # Ray ends a named actor that is not detached once its creator drops every handle to it: the creating process
@@ -36,7 +36,7 @@ class ObjectStoreHot:
 
 @ray.remote(num_cpus=0, max_restarts=3)
 class CacheActor:
-    """Preprocessed images and vision-encoder outputs for every worker; see engine/tiered_store.py."""
+    """Preprocessed images and vision-encoder outputs for every worker; see vlray/cache/tiered_store.py."""
 
     def __init__(self, config: EngineConfig) -> None:
         self.store: TieredStore[ObjectRef] = open_store(config, ObjectStoreHot())

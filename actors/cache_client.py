@@ -17,7 +17,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import RayActorError, RayError
 
 from actors.cache_actor import find_cache_actor
-from engine.config import EngineConfig
+from vlray.config import EngineConfig
 
 log = logging.getLogger(__name__)
 

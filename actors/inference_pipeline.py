@@ -10,10 +10,10 @@ import ray
 
 from actors.placement import PlacementConfig
 from actors.worker_factory import create_model_workers, fan_out_generate, split_evenly
-from engine.config import EngineConfig
-from engine.request import GenerationRequest, GenerationResult
-from engine.stats import PipelineStats
-from engine.token_stream import StreamDelta
+from vlray.config import EngineConfig
+from vlray.engine.token_stream import StreamDelta
+from vlray.schema import GenerationRequest, GenerationResult
+from vlray.stats import PipelineStats
 
 
 class InferencePipeline:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
-from engine.stats import PipelineStats
+from vlray.stats import PipelineStats
 
 FILL_BOUNDARIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
 

@@ -11,12 +11,12 @@ import ray
 
 from actors.cache_client import CacheActorClient
 from actors.metrics import VlrayMetrics
-from engine.config import EngineConfig
-from engine.generator_factory import create_generator
-from engine.model_loader import set_cpu_threads
-from engine.request import GenerationRequest, GenerationResult
-from engine.stats import PipelineStats
-from engine.token_stream import StreamDelta
+from vlray.config import EngineConfig
+from vlray.engine.token_stream import StreamDelta
+from vlray.llm import create_generator
+from vlray.model.loader import set_cpu_threads
+from vlray.schema import GenerationRequest, GenerationResult
+from vlray.stats import PipelineStats
 
 
 @ray.remote

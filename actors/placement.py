@@ -22,7 +22,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from engine.config import EngineConfig
+from vlray.config import EngineConfig
 
 ROLE_LABEL = "vlray.io/role"
 """The node label cluster/ configs set: `head`, `model` (GPU workers), `preprocess` (CPU workers), `cache`."""

@@ -11,7 +11,7 @@ from ray.actor import ActorHandle
 from actors.cache_actor import get_or_create_cache_actor
 from actors.model_worker import ModelWorker
 from actors.placement import Placement, PlacementConfig, plan_worker_resources
-from engine.config import EngineConfig
+from vlray.config import EngineConfig
 
 T = TypeVar("T")
 

@@ -1,1 +1,1 @@
-"""Entry points (no engine logic): demo, make_tiny_model, bench; later batch and serve."""
+"""Entry points only, a few lines each: batch, serve (jobs.serve:app), demo, make_tiny_model, bench/."""

@@ -20,9 +20,9 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from actors.inference_pipeline import InferencePipeline  # noqa: E402
-from engine.config import EngineConfig  # noqa: E402
-from engine.tiny_model import build_tiny_model  # noqa: E402
-from jobs.sample_images import make_sample_images  # noqa: E402
+from vlray.config import EngineConfig  # noqa: E402
+from vlray.testing.sample_images import make_sample_images  # noqa: E402
+from vlray.testing.tiny_model import build_tiny_model  # noqa: E402
 
 ARTIFACTS = Path("artifacts")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.tiny_model import build_tiny_model
+from vlray.testing.tiny_model import build_tiny_model
 
 
 def main(argv: list[str] | None = None) -> None:

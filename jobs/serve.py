@@ -3,15 +3,15 @@
     serve run jobs.serve:app model=Qwen/Qwen3-VL-2B-Instruct [num_replicas=2] [max_batch_size=16] [...]
     serve deploy cluster/serve_config.yaml
 
-Every option, with its default, is in engine/server_config.py; the README's "Serving" section shows them.
+Every option, with its default, is in vlray/serving/server_config.py; the README's "Serving" section shows them.
 """
 
 from typing import Any
 
 from ray.serve import Application
 
-from actors.openai_deployment import build_app
-from engine.server_config import ServerConfig
+from actors.serve.deployment import build_app
+from vlray.serving.server_config import ServerConfig
 
 
 def app(args: dict[str, Any]) -> Application:

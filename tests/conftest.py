@@ -21,10 +21,10 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from engine.config import EngineConfig  # noqa: E402
-from engine.model_loader import LoadedModel, load_model  # noqa: E402
-from engine.tiny_model import build_tiny_model  # noqa: E402
-from jobs.sample_images import make_sample_images  # noqa: E402
+from vlray.config import EngineConfig  # noqa: E402
+from vlray.model.loader import LoadedModel, load_model  # noqa: E402
+from vlray.testing.sample_images import make_sample_images  # noqa: E402
+from vlray.testing.tiny_model import build_tiny_model  # noqa: E402
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobs.sample_images import make_sample_images
+from vlray.testing.sample_images import make_sample_images
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,9 @@
-"""vlray's public Python API in one import: `from vlray import InferencePipeline, EngineConfig`."""
+"""vlray's Ray-free core: `from vlray import EngineConfig, GenerationRequest, GenerationResult`.
 
-from actors.inference_pipeline import InferencePipeline
-from engine.config import EngineConfig
-from engine.request import GenerationRequest, GenerationResult
+The Ray side (ModelWorker, InferencePipeline, the Serve app, the batch job) lives in the top-level `actors` package.
+"""
 
-__all__ = ["EngineConfig", "GenerationRequest", "GenerationResult", "InferencePipeline"]
+from vlray.config import EngineConfig
+from vlray.schema import GenerationRequest, GenerationResult
+
+__all__ = ["EngineConfig", "GenerationRequest", "GenerationResult"]

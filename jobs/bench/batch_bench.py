@@ -18,13 +18,13 @@ from pathlib import Path
 import pandas as pd
 import ray
 
-from engine.config import EngineConfig
-from engine.model_loader import load_model
-from engine.reference import reference_generate
 from jobs import batch
-from jobs.batch_report import generating_seconds
 from jobs.bench.bench_models import set_threads, tiny_model_dir
 from jobs.bench.workloads import mixed_workload
+from vlray.batch.report import generating_seconds
+from vlray.config import EngineConfig
+from vlray.model.loader import load_model
+from vlray.testing.reference import reference_generate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase, Qwen3VLConfig
 
-from engine.config import EngineConfig
-from engine.device_profile import detect_profile
-from engine.model_loader import LoadedModel, load_model, load_processor, wrap_model
-from engine.model_presets import build_model, load_preset_config
-from engine.tiny_model import build_tiny_model
+from vlray.config import EngineConfig
+from vlray.model.device_profile import detect_profile
+from vlray.model.loader import LoadedModel, load_model, load_processor, wrap_model
+from vlray.model.presets import build_model, load_preset_config
+from vlray.testing.tiny_model import build_tiny_model
 
 
 def tiny_model_dir(cache: Path | None = None) -> Path:

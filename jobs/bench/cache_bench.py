@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from engine.batch_generator import BatchGenerator
-from engine.config import EngineConfig
-from engine.model_loader import load_model, load_processor
-from engine.model_presets import build_model
-from engine.tiered_store import TieredStore
 from jobs.bench.bench_models import load_bench_model, set_threads, tiny_model_dir, two_b_config
 from jobs.bench.workloads import questions_per_image_workload
+from vlray.cache.tiered_store import TieredStore
+from vlray.config import EngineConfig
+from vlray.model.loader import load_model, load_processor
+from vlray.model.presets import build_model
+from vlray.static.static_engine import BatchGenerator
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from jobs.bench.batch_bench import run_job, write_workload
 from jobs.bench.bench_models import tiny_model_dir
-from jobs.batch_report import generating_seconds
 from jobs.bench.simulated_cluster import simulated_cluster
+from vlray.batch.report import generating_seconds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

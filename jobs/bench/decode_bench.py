@@ -7,10 +7,10 @@ import time
 
 import torch
 
-from engine.config import EngineConfig
-from engine.continuous_engine import ContinuousBatchingEngine
-from engine.cuda_graph_decoder import CudaGraphDecoder
-from engine.model_loader import LoadedModel
+from vlray.config import EngineConfig
+from vlray.engine.continuous_engine import ContinuousBatchingEngine
+from vlray.engine.runner.cuda_graphs import CudaGraphDecoder
+from vlray.model.loader import LoadedModel
 
 # Peak memory bandwidth, GB/s, by a substring of torch.cuda.get_device_name().
 CARD_BANDWIDTH_GBS = {

@@ -23,14 +23,14 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
-from engine.batch_generator import BatchGenerator
-from engine.config import EngineConfig
-from engine.continuous_engine import ContinuousBatchingEngine
-from engine.generator_base import GeneratorBase
-from engine.prepared_request import PreparedRequest
-from engine.request import GenerationResult
 from jobs.bench.bench_models import load_bench_model, set_threads, tiny_model_dir
-from jobs.sample_images import make_image
+from vlray.config import EngineConfig
+from vlray.engine.continuous_engine import ContinuousBatchingEngine
+from vlray.engine.generator_base import GeneratorBase
+from vlray.inputs.prepared_request import PreparedRequest
+from vlray.schema import GenerationResult
+from vlray.static.static_engine import BatchGenerator
+from vlray.testing.sample_images import make_image
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,11 +10,11 @@ import argparse
 import json
 import time
 
-from engine.batch_generator import BatchGenerator
-from engine.config import EngineConfig
-from engine.reference import reference_generate
 from jobs.bench.bench_models import load_bench_model, set_threads, tiny_model_dir
 from jobs.bench.workloads import mixed_workload
+from vlray.config import EngineConfig
+from vlray.static.static_engine import BatchGenerator
+from vlray.testing.reference import reference_generate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

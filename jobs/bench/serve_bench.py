@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> dict:
     import ray
     from ray import serve
 
-    from actors.openai_deployment import run_local
-    from engine.server_config import ServerConfig
+    from actors.serve.deployment import run_local
+    from vlray.serving.server_config import ServerConfig
 
     cpus = args.cpus or os.cpu_count() or 1
     levels = [int(c) for c in args.clients.split(",")]

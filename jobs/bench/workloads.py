@@ -8,7 +8,7 @@ from typing import Any
 
 from PIL import Image
 
-from jobs.sample_images import make_image
+from vlray.testing.sample_images import make_image
 
 _PROMPTS = [
     "What is in this image?",

@@ -1,0 +1,1 @@
+"""The Ray Serve deployment of the OpenAI-compatible app, and its builder."""

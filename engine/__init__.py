@@ -1,1 +1,0 @@
-"""The core of vlray, with no Ray in it: config, device profiles, loading, preprocessing, batching, generation."""

@@ -1,0 +1,88 @@
+"""The KV cache: preallocated once, as blocks of token slots, sized from a memory budget.
+
+Layout per layer: [num_blocks, block_size, num_kv_heads, head_dim], so a token's K (or V) is one row of the
+flattened [slots, heads, dim] view and a sequence's context is its blocks gathered in block-table order.
+Block 0 is never handed out: padded rows of a CUDA-graph batch read and write there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlray.model.device_profile import DeviceProfile
+
+SCRATCH_BLOCK = 0
+DEFAULT_CPU_KV_CACHE_BYTES = 2 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class KVCacheShape:
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    block_size: int
+
+    def bytes_per_token(self, dtype: torch.dtype) -> int:
+        """K and V of every layer for one token."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * torch.empty((), dtype=dtype).element_size()
+
+    def blocks_for_budget(self, budget_bytes: int, dtype: torch.dtype) -> int:
+        return budget_bytes // (self.block_size * self.bytes_per_token(dtype))
+
+
+def kv_cache_budget(profile: DeviceProfile, explicit_bytes: int | None, memory_fraction: float,
+                    most_useful_bytes: int) -> int:
+    """Bytes for the cache: as configured; on CUDA otherwise a fraction of the memory still free after the
+    model loaded; on CPU otherwise 2 GiB, or less when that is more than the engine could ever fill
+    (`most_useful_bytes`: every seat holding a full context)."""
+    if explicit_bytes is not None:
+        return explicit_bytes
+    if profile.is_cuda:
+        free, _ = torch.cuda.mem_get_info(torch.device(profile.device))
+        return int(free * memory_fraction)
+    return min(DEFAULT_CPU_KV_CACHE_BYTES, most_useful_bytes)
+
+
+class KVCache:
+    """K and V tensors for every layer, and the two operations on them: write slots, gather sequences."""
+
+    def __init__(self, shape: KVCacheShape, num_blocks: int, dtype: torch.dtype, device: str | torch.device) -> None:
+        if num_blocks < 2:
+            raise ValueError(f"a KV cache of {num_blocks} blocks is too small: raise the KV cache budget")
+        self.shape = shape
+        self.num_blocks = num_blocks
+        size = (shape.num_layers, num_blocks, shape.block_size, shape.num_kv_heads, shape.head_dim)
+        # Zeros, not empty: attention masks a block's unused tail, but a masked weight of 0 times a NaN left in
+        # uninitialised memory is still NaN.
+        self.k = torch.zeros(size, dtype=dtype, device=device)
+        self.v = torch.zeros(size, dtype=dtype, device=device)
+
+    @property
+    def block_size(self) -> int:
+        return self.shape.block_size
+
+    @property
+    def usable_block_ids(self) -> range:
+        return range(SCRATCH_BLOCK + 1, self.num_blocks)
+
+    @property
+    def num_bytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store K/V rows [N, heads, dim] at slots [N]."""
+        heads, dim = self.shape.num_kv_heads, self.shape.head_dim
+        self.k[layer].view(-1, heads, dim).index_copy_(0, slots, k.to(self.k.dtype))
+        self.v[layer].view(-1, heads, dim).index_copy_(0, slots, v.to(self.v.dtype))
+
+    def gather(self, layer: int, block_tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Contexts of block tables [B, nb] as K, V [B, heads, nb x block_size, dim] (SDPA's layout)."""
+        rows, num_blocks = block_tables.shape
+        length = num_blocks * self.shape.block_size
+        # index_select on the flat table, not k[layer][block_tables]: the same copy, about 2x faster on CPU.
+        flat = block_tables.reshape(-1)
+        k = self.k[layer].index_select(0, flat).view(rows, length, self.shape.num_kv_heads, self.shape.head_dim)
+        v = self.v[layer].index_select(0, flat).view(rows, length, self.shape.num_kv_heads, self.shape.head_dim)
+        return k.transpose(1, 2), v.transpose(1, 2)

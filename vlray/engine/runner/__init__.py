@@ -1,0 +1,1 @@
+"""The model runner: the device side of the engine (prefill, decode, CUDA graphs, pixel prefetch)."""

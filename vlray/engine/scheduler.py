@@ -1,0 +1,111 @@
+"""Iteration-level scheduling: which sequences prefill and which decode at each step. Plain Python.
+
+Each step, the running sequences decode one token each, oldest first; when the KV cache has no slot for one,
+the newest running sequence is preempted (its blocks freed, its tokens kept: it is recomputed when it runs
+again). Then waiting sequences are admitted in arrival order while the step's token budget, the seats
+(max_num_seqs) and the free blocks allow; their prompts (less any cached prefix) prefill in the same step.
+A finished sequence frees its seat and blocks at once, so a waiting one joins at the next step.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from vlray.engine.block_manager import BlockManager
+from vlray.engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledStep:
+    """What one engine step runs."""
+
+    prefills: list[Sequence] = field(default_factory=list)
+    decodes: list[Sequence] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.prefills and not self.decodes
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.decodes) + sum(len(s) - s.num_cached_tokens for s in self.prefills)
+
+
+class Scheduler:
+    """Waiting and running queues over one BlockManager."""
+
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+        if max_num_seqs < 1 or max_num_batched_tokens < 1:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be at least 1")
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # in admission order
+        self.num_preemptions = 0
+
+    def fits_at_all(self, seq: Sequence) -> bool:
+        """Whether the cache could ever hold seq to its last token (else it would wait forever)."""
+        return self.block_manager.blocks_needed(seq.max_total_tokens) <= self.block_manager.num_blocks
+
+    def add(self, seq: Sequence) -> None:
+        if not self.fits_at_all(seq):
+            raise ValueError(f"sequence {seq.seq_id} needs {seq.max_total_tokens} tokens of KV cache; the cache "
+                             f"holds {self.block_manager.num_blocks * self.block_manager.block_size}")
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> ScheduledStep:
+        step = ScheduledStep()
+        manager = self.block_manager
+        candidates = list(self.running)
+        while candidates:
+            seq = candidates.pop(0)
+            while not manager.can_append(seq):
+                victim = candidates.pop() if candidates else seq
+                self._preempt(victim)
+                step.preempted.append(victim)
+                if victim is seq:
+                    break
+            else:
+                manager.append_slot(seq)
+                step.decodes.append(seq)
+        self.running = list(step.decodes)
+
+        budget = self.max_num_batched_tokens - len(step.decodes)
+        # Nothing new joins in a step that had to preempt: the cache is full.
+        while self.waiting and not step.preempted and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if not manager.can_allocate(seq):
+                break
+            cost = len(seq) - len(manager.prefix_hits(seq)) * manager.block_size
+            if cost > budget and not step.is_empty:  # one prompt over the budget still runs, alone
+                break
+            manager.allocate(seq)
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            step.prefills.append(seq)
+            budget -= cost
+        return step
+
+    def finish(self, seq: Sequence) -> None:
+        """seq is done: free its seat and blocks now."""
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.block_manager.deallocate(seq)
+        seq.status = SequenceStatus.FINISHED
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.block_manager.deallocate(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)

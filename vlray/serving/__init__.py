@@ -1,0 +1,1 @@
+"""The OpenAI-compatible API without Ray: protocol, mapping, errors, chat service, FastAPI app, server config."""

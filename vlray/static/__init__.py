@@ -1,0 +1,1 @@
+"""The static path: bucketed batches through transformers `generate`, the reference the engine is checked against."""
