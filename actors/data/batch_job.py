@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-bucketing", action="store_true",
                    help="hf backend: batch rows in input order instead of by kind and length (for comparison)")
     p.add_argument("--device-profile", default="auto", choices=["auto", "cpu", "sm61", "modern"])
+    p.add_argument("--quantization", default="none", choices=["none", "int8", "int4"],
+                   help="text decoder and LM head: int8 (CPU; CUDA sm75+) or int4 (CPU; NF4 on CUDA, Pascal too)")
+    p.add_argument("--vision-quantization", default="none", choices=["none", "int8"], help="vision tower (CPU)")
     p.add_argument("--cache-dir", default=None, help="folder of the cache's disk tiers and converted weights "
                    "(default: $VLRAY_CACHE_DIR or ~/.cache/vlray)")
     p.add_argument("--no-cache", action="store_true", help="no image, encoder-output or weights caches")
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         check_output_writable(output_path)
         config = EngineConfig(model=args.model, backend=args.backend, device_profile=args.device_profile,
                               max_pixels=args.max_pixels, default_max_tokens=args.max_tokens,
-                              max_batch_tokens=args.batch_tokens, cache=not args.no_cache, cache_dir=args.cache_dir)
+                              max_batch_tokens=args.batch_tokens, cache=not args.no_cache, cache_dir=args.cache_dir,
+                              quantization=args.quantization, vision_quantization=args.vision_quantization)
         resolve_model_dir(config.model)
     except (InputError, OutputNotWritableError, ModelNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

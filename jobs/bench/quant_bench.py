@@ -62,9 +62,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def measure_variant(variant: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Build the variant, then time a prefill and decode steps (runs in a child process)."""
-    from engine.config import EngineConfig
-    from engine.continuous_engine import ContinuousBatchingEngine
-    from engine.cuda_graph_decoder import CudaGraphDecoder
+    from vlray.config import EngineConfig
+    from vlray.engine.continuous_engine import ContinuousBatchingEngine
+    from vlray.engine.runner.cuda_graphs import CudaGraphDecoder
 
     torch.set_num_threads(settings["threads"])
     start = time.perf_counter()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from engine.model_loader import LoadedModel
+from vlray.model.loader import LoadedModel
 from vlray.model.quantization import quantize_model
 from vlray.model.quantization.random_weights import build_quantized_random
 
@@ -40,10 +40,10 @@ def cpu_isa() -> str:
 
 def load_quant_model(variant: str, size: str, device: str) -> tuple[LoadedModel, str]:
     """(the model in this form, a line saying what was quantised)."""
-    from engine.config import EngineConfig
-    from engine.device_profile import detect_profile
-    from engine.model_loader import load_model, load_processor, wrap_model
-    from engine.model_presets import build_model
+    from vlray.config import EngineConfig
+    from vlray.model.device_profile import detect_profile
+    from vlray.model.loader import load_model, load_processor, wrap_model
+    from vlray.model.presets import build_model
     from jobs.bench.bench_models import tiny_model_dir, two_b_config
 
     table = CUDA_VARIANTS if device == "cuda" else CPU_VARIANTS

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.continuous_engine import ContinuousBatchingEngine
-from engine.model_loader import load_model
-from engine.reference import reference_generate
+from vlray.engine.continuous_engine import ContinuousBatchingEngine
+from vlray.model.loader import load_model
+from vlray.testing.reference import reference_generate
 from vlray.model.quantization import Int4PackedLinear, Int8DynamicLinear
 
 

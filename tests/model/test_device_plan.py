@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.model_presets import build_model, count_parameters, load_preset_config
+from vlray.model.presets import build_model, count_parameters, load_preset_config
 from vlray.model.component_sizes import component_sizes
 from vlray.model.device_plan import CUDA_CONTEXT_BYTES, GiB, NoPlanFitsError, plan_devices
 

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from engine.model_presets import build_model, load_preset_config
+from vlray.model.presets import build_model, load_preset_config
 from vlray.model.quantization import Int4PackedLinear, Int8DynamicLinear, Int8Embedding, quantize_model
 from vlray.model.quantization.random_weights import build_quantized_random
 

@@ -39,6 +39,18 @@ def test_int8_dynamic_matches_fp32(rows: int, bias: bool) -> None:
     assert (out - ref).abs().max() <= 0.03 * ref.abs().max()
 
 
+@pytest.mark.parametrize("kind", [Int8DynamicLinear, Int4PackedLinear])
+def test_a_rows_output_does_not_depend_on_its_batch(kind: type) -> None:
+    """The engine decodes rows together, generate one at a time: each row's output must be bit-identical."""
+    quantized = kind.from_linear(_layer(bias=True))
+    x = torch.randn(9, 512)
+    x[3] *= 50  # an outlier row must not change the others
+    together = quantized(x)
+    for row in range(9):
+        assert torch.equal(quantized(x[row : row + 1])[0], together[row]), row
+    assert torch.equal(quantized(x[2:6]), together[2:6])
+
+
 def test_int8_weight_unpacks_to_the_rounded_weight() -> None:
     layer = _layer()
     codes, scales = Int8DynamicLinear.from_linear(layer).int8_weight()

@@ -34,7 +34,7 @@ def system_ram_bytes() -> int:
 
 def read_config(model: str) -> PretrainedConfig:
     """A model folder's config.json, a hub id in the local cache, or a preset name (qwen3_vl_2b_instruct)."""
-    from engine.model_presets import PRESET_NAMES, load_preset_config  # (vlray.model.presets after the layout)
+    from vlray.model.presets import PRESET_NAMES, load_preset_config
 
     if model in PRESET_NAMES:
         return load_preset_config(model)

@@ -28,6 +28,10 @@ class ServerConfig(BaseModel):
                                         "(2 GiB on CPU).")
     device_profile: Literal["auto", "cpu", "sm61", "modern"] = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    quantization: Literal["none", "int8", "int4"] = Field(
+        default="none", description="Text decoder and LM head: int8 (CPU; CUDA sm75+) or int4 (CPU; NF4 on CUDA, "
+                                    "Pascal included).")
+    vision_quantization: Literal["none", "int8"] = Field(default="none", description="Vision tower: int8 (CPU).")
     num_gpus_per_replica: float | None = Field(
         default=None, ge=0, description="None: 1 where the cluster has GPUs (and device_profile is not cpu), else 0.")
     num_cpus_per_replica: float | None = Field(
@@ -68,7 +72,8 @@ class ServerConfig(BaseModel):
             model=self.model, device_profile=self.device_profile, dtype=self.dtype, max_pixels=self.max_pixels,
             max_model_len=self.max_model_len, default_max_tokens=self.default_max_tokens,
             max_batch_tokens=self.max_batch_tokens, max_batch_size=self.max_batch_size, backend=self.backend,
-            kv_cache_bytes=self.kv_cache_bytes)
+            kv_cache_bytes=self.kv_cache_bytes, quantization=self.quantization,
+            vision_quantization=self.vision_quantization)
 
     def image_policy(self) -> ImagePolicy:
         return ImagePolicy.for_server(self.image_root, self.allow_http_images, self.max_image_fetch_bytes,

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 from torch import nn
 
+from vlray.config import QuantizationName, VisionQuantizationName
 from vlray.model.quantization.int4_packed_linear import Int4PackedLinear, pick_group_size
 from vlray.model.quantization.int8_dynamic_linear import Int8DynamicLinear
 from vlray.model.quantization.int8_embedding import Int8Embedding
 from vlray.model.quantization.nf4_linear import compute_dtype_for, int8_from_linear, module_nbytes, nf4_from_linear
 
-QuantizationName = Literal["none", "int8", "int4"]
-VisionQuantizationName = Literal["none", "int8"]
 QUANTIZATION_NAMES: tuple[str, ...] = get_args(QuantizationName)
 VISION_QUANTIZATION_NAMES: tuple[str, ...] = get_args(VisionQuantizationName)
 

@@ -9,18 +9,21 @@ fp16 model (4.26 GB) whole; the rest moves after.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from vlray.model.device_profile import DeviceProfile
 from vlray.model.quantization.int8_embedding import Int8Embedding
 from vlray.model.quantization.quantize_model import QuantizationSummary, quantize_model
 
 log = logging.getLogger(__name__)
 
 
-def load_device_and_dtype(profile, quantization: str, vision: str) -> tuple[str, torch.dtype]:
+def load_device_and_dtype(profile: DeviceProfile, quantization: str, vision: str) -> tuple[str, torch.dtype]:
     """(device, dtype) to load weights with before quantising: the profile's own when nothing is quantised."""
     if quantization == "none" and vision == "none":
         return profile.device, profile.dtype
@@ -29,7 +32,7 @@ def load_device_and_dtype(profile, quantization: str, vision: str) -> tuple[str,
     return "cpu", torch.bfloat16 if profile.dtype == torch.float32 else profile.dtype
 
 
-def apply_quantization(model: nn.Module, quantization: str, vision: str, profile) -> QuantizationSummary:
+def apply_quantization(model: nn.Module, quantization: str, vision: str, profile: DeviceProfile) -> QuantizationSummary:
     """Quantise in place for the profile's device, then cast and move what stayed unquantised."""
     capability = profile.capability if profile.is_cuda else None
     summary = quantize_model(model, quantization, vision, capability)
@@ -40,3 +43,14 @@ def apply_quantization(model: nn.Module, quantization: str, vision: str, profile
                 module.dtype = profile.dtype
         log.info("%s", summary.describe())
     return summary
+
+
+def load_quantized(model_dir: Path, profile: DeviceProfile, quantization: str, vision: str) -> nn.Module:
+    """from_pretrained on the CPU (bf16 there, the profile's dtype for CUDA), then quantised for the profile.
+    The weights cache is not used: the converted full-precision copy it keeps is what quantising replaces."""
+    from vlray.model.weights_cache import load_pretrained
+
+    device, dtype = load_device_and_dtype(profile, quantization, vision)
+    model = load_pretrained(model_dir, dataclasses.replace(profile, device=device, dtype=dtype))
+    apply_quantization(model, quantization, vision, profile)
+    return model

@@ -62,7 +62,7 @@ def build_quantized_random(config: Qwen3VLConfig, quantization: QuantizationName
                            vision: VisionQuantizationName = "none", seed: int = 0
                            ) -> tuple[PreTrainedModel, QuantizationSummary]:
     """(model on the CPU in fp32 apart from its quantised layers, what was quantised)."""
-    from engine.model_presets import build_model  # (vlray.model.presets after the layout move)
+    from vlray.model.presets import build_model
 
     model = build_model(config, device="meta", dtype=torch.float32, seed=seed)
     summary = quantize_model(model, quantization, vision, weight_source=random_weight_source(model, seed))
