@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", default=None,
                         help="comma-separated; default fp32,bf16,int8,int4 on CPU (bf16 only with bf16 "
                              "instructions), fp16,nf4 on CUDA")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="2b: keep only the first N of the 28 decoder layers (and N vision blocks): the 2B "
+                             "shapes, the full vocabulary and LM head, in less time and memory")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target laptop: 2-4)")
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--decode-steps", type=int, default=None, help="timed steps (default 32 tiny, 12 2b)")
@@ -45,9 +48,9 @@ def default_variants(device: str) -> list[str]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     variants = args.variants.split(",") if args.variants else default_variants(args.device)
     settings = {k: getattr(args, k) for k in ("size", "device", "threads", "prompt_tokens", "decode_steps",
-                                              "cuda_graphs")}
+                                              "cuda_graphs", "layers")}
     context = multiprocessing.get_context("spawn")
-    figures: dict[str, Any] = {"size": args.size, "device": args.device, "threads": args.threads,
+    figures: dict[str, Any] = {"size": args.size, "layers": args.layers, "device": args.device, "threads": args.threads,
                                "isa": cpu_isa(), "variants": {}}
     for variant in variants:
         with context.Pool(1) as pool:  # a fresh process per variant: its peak RSS is its own
@@ -68,7 +71,7 @@ def measure_variant(variant: str, settings: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(settings["threads"])
     start = time.perf_counter()
-    loaded, summary = load_quant_model(variant, settings["size"], settings["device"])
+    loaded, summary = load_quant_model(variant, settings["size"], settings["device"], settings.get("layers"))
     build_s = time.perf_counter() - start
     device = torch.device(loaded.profile.device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
@@ -142,7 +145,8 @@ def print_table(figures: dict[str, Any]) -> None:
              "decode_b8_graphs_tokens_per_s": "b8 graphs tok/s", "peak_rss_gib": "peak RSS GiB",
              "peak_gpu_gib": "peak GPU GiB"}
     where = variants[base_name].get("card") or f"CPU ({figures['isa']}, {figures['threads']} threads)"
-    print(f"\nquant bench, {figures['size']} model on {where}; ratios against {base_name} of this run")
+    size = figures["size"] + (f" ({figures['layers']} of its decoder layers)" if figures.get("layers") else "")
+    print(f"\nquant bench, {size} model on {where}; ratios against {base_name} of this run")
     header = f"{'variant':<8}" + "".join(f"{names[k]:>18}" for k in keys)
     print(header + "\n" + "-" * len(header))
     for name, row in variants.items():

@@ -38,7 +38,7 @@ def cpu_isa() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
-def load_quant_model(variant: str, size: str, device: str) -> tuple[LoadedModel, str]:
+def load_quant_model(variant: str, size: str, device: str, layers: int | None = None) -> tuple[LoadedModel, str]:
     """(the model in this form, a line saying what was quantised)."""
     from vlray.config import EngineConfig
     from vlray.model.device_profile import detect_profile
@@ -63,6 +63,10 @@ def load_quant_model(variant: str, size: str, device: str) -> tuple[LoadedModel,
     processor = load_processor(tiny_dir, config.max_pixels)
     tokenizer = processor.tokenizer
     model_config = two_b_config(tokenizer)
+    if layers:
+        model_config.text_config.num_hidden_layers = layers
+        model_config.vision_config.depth = layers
+        model_config.vision_config.deepstack_visual_indexes = [i for i in model_config.vision_config.deepstack_visual_indexes if i < layers]
     if device == "cpu" and variant != "bf16":
         model, summary = build_quantized_random(model_config, method)  # never whole in fp32 unless fp32
     else:

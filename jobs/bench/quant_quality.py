@@ -25,6 +25,7 @@ PROMPT_TOKENS = 64
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", choices=["tiny", "2b"], default="tiny")
     parser.add_argument("--methods", default="int8,int4")
+    parser.add_argument("--layers", type=int, default=None, help="2b: only the first N decoder layers")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
 
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from jobs.bench.quant_models import cpu_isa, load_quant_model
 
     torch.set_num_threads(args.threads)
-    loaded, _ = load_quant_model("fp32", args.size, "cpu")
+    loaded, _ = load_quant_model("fp32", args.size, "cpu", args.layers)
     model = loaded.model
     generator = torch.Generator().manual_seed(0)
     vocab = min(1000, model.config.text_config.vocab_size) if args.size == "tiny" else model.config.text_config.vocab_size
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ref = (out.hidden_states, out.logits)
     head, norm = model.lm_head, model.model.language_model.norm  # fp32's, for every logit lens
     reference_tokens = greedy_tokens(loaded, model) if args.size == "tiny" else None
-    figures: dict[str, Any] = {"size": args.size, "isa": cpu_isa(), "prompt_tokens": PROMPT_TOKENS, "methods": {}}
+    figures: dict[str, Any] = {"size": args.size, "layers": args.layers, "isa": cpu_isa(), "prompt_tokens": PROMPT_TOKENS, "methods": {}}
     for method in args.methods.split(","):
         with quantized(model, method):
             rows, final, _ = layer_distances(model, ids, ref, head, norm)

@@ -4,6 +4,7 @@ weight. The model's config is read from its folder (or a preset name) and built 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -51,6 +52,30 @@ def plan_for(model: str, gpu_memory: str | int | None = None, ram: str | int | N
     ram_bytes = parse_bytes(ram) if isinstance(ram, str) else (ram or system_ram_bytes())
     sizes = component_sizes(read_config(model))
     return plan_devices(sizes, ram_bytes, gpu, context_tokens, max_pixels, quantization)
+
+
+def log_device_plan(model_dir: Path, profile, quantization: str, max_pixels: int,
+                    log: logging.Logger) -> DevicePlan | None:
+    """At load: the plan for this worker's device and quantisation setting, logged as a table; when nothing
+    fits, a warning that names what would (the load goes on: the estimates are conservative)."""
+    import torch
+
+    gpu = None
+    if profile.is_cuda:
+        gpu, _ = torch.cuda.mem_get_info(torch.device(profile.device))
+    pinned = quantization if quantization != "none" else "none"
+    try:
+        sizes = component_sizes(AutoConfig.from_pretrained(str(model_dir)))
+        plan = plan_devices(sizes, system_ram_bytes(), gpu, max_pixels=max_pixels, quantization=pinned,
+                            gpu_name=profile.device)
+    except NoPlanFitsError as exc:
+        log.warning("device plan: %s Try quantization='int4' (or `python -m jobs.plan %s`).", exc, model_dir)
+        return None
+    except (ValueError, OSError, AttributeError) as exc:  # a model family the planner does not know
+        log.info("no device plan for %s: %s", model_dir, exc)
+        return None
+    log.info("device plan:\n%s", plan.table())
+    return plan
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
