@@ -77,6 +77,16 @@ def test_int4_pads_rows_to_the_kernels_multiple() -> None:
     assert out.shape == (2, 765) and _cosine(out, layer(x)) >= 0.99
 
 
+def test_int4_packs_in_row_chunks_as_it_would_whole(monkeypatch) -> None:
+    from vlray.model.quantization import int4_packed_linear
+
+    layer = _layer(n=384)
+    whole = Int4PackedLinear.from_linear(layer)
+    monkeypatch.setattr(int4_packed_linear, "CHUNK_ROWS", 128)
+    chunked = Int4PackedLinear.from_linear(layer)
+    assert torch.equal(whole.packed, chunked.packed) and torch.equal(whole.scales_and_zeros, chunked.scales_and_zeros)
+
+
 def test_int4_refuses_a_width_no_group_divides() -> None:
     with pytest.raises(ValueError, match="divisible"):
         Int4PackedLinear.from_linear(nn.Linear(100, 64))

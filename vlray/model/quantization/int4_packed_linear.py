@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 GROUP_SIZES = (128, 64, 32)  # the kernel's supported groups, largest first (fewest scales)
+CHUNK_ROWS = 8192  # quantised and packed this many output rows at a time (a multiple of every row block)
 ROW_MULTIPLE = 16  # output rows are padded to this (a 151936-row head needs none, the tiny model's 765 do)
 
 
@@ -57,8 +58,14 @@ class Int4PackedLinear(nn.Module):
         padded_rows = -(-weight.shape[0] // ROW_MULTIPLE) * ROW_MULTIPLE  # the kernel packs rows by 16
         if padded_rows != weight.shape[0]:
             weight = torch.cat([weight, weight.new_zeros(padded_rows - weight.shape[0], weight.shape[1])])
-        codes, scales_and_zeros = quantize_int4(weight, group_size)
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+        # Rows in chunks (multiples of the kernel's row blocks, so the packed chunks stack): the int32 codes and the
+        # per-group temporaries of a 151936-row head would otherwise cost several GB at once.
+        packed_chunks, scale_chunks = [], []
+        for start in range(0, weight.shape[0], CHUNK_ROWS):
+            codes, scales_and_zeros = quantize_int4(weight[start : start + CHUNK_ROWS], group_size)
+            packed_chunks.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1))
+            scale_chunks.append(scales_and_zeros)
+        packed, scales_and_zeros = torch.cat(packed_chunks), torch.cat(scale_chunks, dim=1)
         bias = None if linear.bias is None else linear.bias.detach().to("cpu", torch.float32).clone()
         return cls(packed, scales_and_zeros.to(torch.bfloat16), group_size, linear.in_features,
                    linear.out_features, bias)

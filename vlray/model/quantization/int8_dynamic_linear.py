@@ -45,7 +45,8 @@ class Int8DynamicLinear(nn.Module):
             raise RuntimeError("int8 on the CPU needs PyTorch's fbgemm kernels (x86 builds); this build has "
                                f"{torch.backends.quantized.supported_engines}. Use quantization='none'.")
         weight = linear.weight.detach().to("cpu", torch.float32)  # [N, K]
-        scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-8)
+        # max |w| per row in chunks: a full-size temporary of a 151936-row head would be 1.2 GB
+        scales = torch.cat([chunk.abs().amax(dim=1) for chunk in weight.split(8192)]).div(127).clamp(min=1e-8)
         zeros = torch.zeros(weight.shape[0], dtype=torch.long)
         with warnings.catch_warnings():
             # fbgemm's prepack takes only a quantised tensor; torch < 2.15 (the project's pin) still has them

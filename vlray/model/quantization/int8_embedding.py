@@ -26,9 +26,14 @@ class Int8Embedding(nn.Module):
     @classmethod
     def from_embedding(cls, embedding: nn.Embedding, dtype: torch.dtype | None = None) -> Int8Embedding:
         """Quantise each row symmetrically to int8 (scale = max |row| / 127)."""
-        weight = embedding.weight.detach().to(torch.float32)
-        scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-8)  # [V]
-        codes = torch.round(weight / scales[:, None]).to(torch.int8)  # [V, D]
+        weight = embedding.weight.detach()
+        codes = torch.empty(weight.shape, dtype=torch.int8)  # [V, D]
+        scales = torch.empty(weight.shape[0])  # [V]
+        for start in range(0, weight.shape[0], 8192):  # in row chunks: no full-size fp32 temporaries
+            rows = weight[start : start + 8192].to(torch.float32)
+            chunk_scales = (rows.abs().amax(dim=1) / 127).clamp(min=1e-8)
+            codes[start : start + 8192] = torch.round(rows / chunk_scales[:, None])
+            scales[start : start + 8192] = chunk_scales
         return cls(codes, scales, dtype or embedding.weight.dtype, embedding.padding_idx)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
