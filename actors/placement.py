@@ -11,6 +11,9 @@ strategies. Actors never choose their own node; the batch job, the pipeline and 
   loses them.
 
 A role no alive node carries puts no constraint (a laptop has no labels). cluster/ configs label their nodes.
+
+More model workers than GPUs alive: on a fixed cluster that is an error at once; where an autoscaler runs, the
+job asks it for the GPUs and waits (actors/autoscaler.py), up to a timeout.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from actors.autoscaler import DEFAULT_SCALE_TIMEOUT_S, NotEnoughGpusError, autoscaler_view, wait_for_gpus
 from vlray.config import EngineConfig
 
 ROLE_LABEL = "vlray.io/role"
@@ -36,17 +40,28 @@ class WorkerResources:
     num_gpus: float
 
 
-def plan_worker_resources(cluster: Mapping[str, float], num_workers: int, config: EngineConfig,
-                          num_cpus_per_worker: float | None = None) -> WorkerResources:
-    """One GPU per worker where the cluster has GPUs; on CPU-only clusters, the CPUs shared among workers.
+GPU_PROFILES = ("sm61", "modern")
+"""Device profiles that mean a GPU: asked for on a cluster with none alive, they wait for (or fail on) GPUs."""
 
-    A profile of `cpu` keeps workers off GPUs even where there are some.
+
+def wants_gpus(cluster: Mapping[str, float], config: EngineConfig) -> bool:
+    """Whether model actors take a GPU each: the profile names one, or it is `auto` and the cluster has some."""
+    return config.device_profile in GPU_PROFILES or (cluster.get("GPU", 0.0) >= 1 and config.device_profile != "cpu")
+
+
+def plan_worker_resources(cluster: Mapping[str, float], num_workers: int, config: EngineConfig,
+                          num_cpus_per_worker: float | None = None, can_autoscale: bool = False) -> WorkerResources:
+    """One GPU per worker where the cluster has GPUs (or the profile names one); else the CPUs shared among workers.
+
+    More workers than GPUs alive is an error on a fixed cluster; with `can_autoscale`, the plan stands and the
+    caller asks the autoscaler for the rest. A profile of `cpu` keeps workers off GPUs even where there are some.
     """
     gpus = cluster.get("GPU", 0.0)
-    if gpus >= 1 and config.device_profile != "cpu":
-        if num_workers > gpus:
-            raise ValueError(f"{num_workers} GPU workers asked for, but the cluster has {int(gpus)} GPUs: "
-                             "use --num-workers at most the GPU count (one model per GPU).")
+    if wants_gpus(cluster, config):
+        if num_workers > gpus and not can_autoscale:
+            raise NotEnoughGpusError(
+                f"{num_workers} GPU workers asked for, but the cluster has {int(gpus)} GPUs and no autoscaler to add "
+                "more: use --num-workers at most the GPU count (one model per GPU).")
         return WorkerResources(num_cpus=num_cpus_per_worker or 1.0, num_gpus=1.0)
     cpus = cluster.get("CPU", 1.0)
     return WorkerResources(num_cpus=num_cpus_per_worker or max(1.0, float(int(cpus // num_workers))), num_gpus=0.0)
@@ -147,3 +162,22 @@ class Placement:
         """The job's bookkeeping actors: on the driver's node (hard, not soft: Ray may spill a soft choice to any
         node, and these are worth nothing without the driver)."""
         return {"scheduling_strategy": NodeAffinitySchedulingStrategy(self.driver_node_id, soft=False)}
+
+
+def place_model_workers(num_workers: int, config: EngineConfig, num_cpus_per_worker: float | None = None,
+                        placement: PlacementConfig | None = None,
+                        scale_timeout_s: float = DEFAULT_SCALE_TIMEOUT_S) -> tuple[Placement, WorkerResources]:
+    """The placement and resources for `num_workers` model actors on the connected Ray, once their GPUs are alive:
+    where fewer are and an autoscaler runs, it is asked for them and waited for (up to scale_timeout_s)."""
+    plan = Placement.of_cluster(placement)
+    cluster = plan.model_node_resources()
+    alive = cluster.get("GPU", 0.0)
+    can_autoscale = wants_gpus(cluster, config) and num_workers > alive and autoscaler_view().is_running
+    resources = plan_worker_resources(cluster, num_workers, config, num_cpus_per_worker, can_autoscale)
+    if resources.num_gpus and num_workers > alive:
+        selector = plan.model_options(resources).get("label_selector", {})
+        wait_for_gpus(num_workers, {"CPU": resources.num_cpus, "GPU": 1.0}, selector,
+                      lambda: Placement.of_cluster(placement).model_node_resources().get("GPU", 0.0),
+                      scale_timeout_s)
+        plan = Placement.of_cluster(placement)  # the new nodes, and the model role where they brought it
+    return plan, resources

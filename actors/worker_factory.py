@@ -10,7 +10,7 @@ from ray.actor import ActorHandle
 
 from actors.cache_actor import get_or_create_cache_actor
 from actors.model_worker import ModelWorker
-from actors.placement import Placement, PlacementConfig, plan_worker_resources
+from actors.placement import PlacementConfig, place_model_workers
 from vlray.config import EngineConfig
 
 T = TypeVar("T")
@@ -21,8 +21,7 @@ def create_model_workers(config: EngineConfig, num_workers: int = 1, num_cpus_pe
     """Start `num_workers` ModelWorkers (one per GPU, spread over nodes) and wait until each has loaded its model."""
     if num_workers < 1:
         raise ValueError("num_workers must be at least 1")
-    plan = Placement.of_cluster(placement)
-    resources = plan_worker_resources(plan.model_node_resources(), num_workers, config, num_cpus_per_worker)
+    plan, resources = place_model_workers(num_workers, config, num_cpus_per_worker, placement)
     if config.uses_content_cache:
         get_or_create_cache_actor(config, plan.cache_options())  # before the workers, which look it up by name
     workers = [ModelWorker.options(**plan.model_actor_options(resources)).remote(config) for _ in range(num_workers)]

@@ -25,7 +25,8 @@ from actors.data.id_registry import IdRegistry  # noqa: E402
 from actors.data.parse import parse_rows, parse_stage_args, unpack  # noqa: E402
 from actors.data.stages import GenerateStage, PreprocessStage, generate_stage_args, preprocess_stage_args  # noqa: E402
 from actors.data.stats_collector import StatsCollector  # noqa: E402
-from actors.placement import Placement, plan_worker_resources  # noqa: E402
+from actors.autoscaler import DEFAULT_SCALE_TIMEOUT_S, NotEnoughGpusError  # noqa: E402
+from actors.placement import place_model_workers  # noqa: E402
 from actors.data.read_input import read_input  # noqa: E402
 from vlray.batch.inputs import InputError, count_input_rows, input_kind_of  # noqa: E402
 from vlray.batch.report import Progress, ResultTally, job_stats, print_summary  # noqa: E402
@@ -49,6 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-tokens", type=int, default=8192, help="token budget of one model batch")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="cap on an image's pixels")
     p.add_argument("--num-workers", type=int, default=1, help="model actors (one per GPU)")
+    p.add_argument("--scale-timeout", type=float, default=DEFAULT_SCALE_TIMEOUT_S,
+                   help="seconds to wait for an autoscaler's new GPU nodes when --num-workers exceeds the GPUs alive")
     p.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs per model actor on CPU-only clusters")
     p.add_argument("--preprocess-workers", type=int, default=1, help="CPU actors that preprocess rows")
     p.add_argument("--window-rows", type=int, default=128, help="rows a model actor buckets together")
@@ -94,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     context.execution_options.preserve_order = False
     try:
         stats = run_job(args, config, kind, input_path, output_path)
+    except NotEnoughGpusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         if started_ray:
             ray.shutdown()
@@ -108,12 +114,12 @@ def run_job(args: argparse.Namespace, config: EngineConfig, kind: str, input_pat
     """Compose the stages, stream results into shards, and return the job's stats."""
     start = time.perf_counter()
     done_ids, done_sources = read_committed(output_path)
-    placement = Placement.of_cluster()
+    placement, resources = place_model_workers(args.num_workers, config, args.worker_cpus,
+                                               scale_timeout_s=args.scale_timeout)
     registry = IdRegistry.options(**placement.control_options()).remote(done_ids, done_sources)
     collector = StatsCollector.options(**placement.control_options()).remote()
     cache_actor = (get_or_create_cache_actor(config, placement.cache_options()) if config.uses_content_cache
                    else None)
-    resources = plan_worker_resources(placement.model_node_resources(), args.num_workers, config, args.worker_cpus)
     defaults = {"prompt": args.prompt, "temperature": args.temperature}
 
     # Small blocks (see read_input): a block is what flows from stage to stage, so small ones spread rows over

@@ -8,6 +8,7 @@ exactly when its engine is.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
@@ -18,7 +19,8 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
 from actors.metrics import VlrayMetrics, publish_every
-from actors.placement import Placement, WorkerResources, plan_worker_resources, replica_actor_options
+from actors.autoscaler import NotEnoughGpusError, autoscaler_view
+from actors.placement import Placement, WorkerResources, plan_worker_resources, replica_actor_options, wants_gpus
 from vlray.engine.async_engine import AsyncEngine
 from vlray.inputs.preprocessor import RequestPreprocessor
 from vlray.llm import create_generator
@@ -26,6 +28,8 @@ from vlray.model.loader import set_cpu_threads
 from vlray.serving.app import build_openai_app
 from vlray.serving.chat_service import ChatService
 from vlray.serving.server_config import ServerConfig
+
+logger = logging.getLogger(__name__)
 
 
 @serve.deployment(name="vlray", health_check_period_s=10, graceful_shutdown_timeout_s=30)
@@ -60,21 +64,38 @@ class OpenAIDeployment:
         self.service.engine.close()
 
 
-def replica_resources(config: ServerConfig, cluster: dict[str, float] | None = None) -> WorkerResources:
-    """One GPU per replica where the cluster has GPUs (unless told otherwise), else a share of the CPUs.
+def replica_resources(config: ServerConfig, cluster: dict[str, float] | None = None,
+                      can_autoscale: bool | None = None) -> WorkerResources:
+    """The resources of one replica, and a log line that says where they come from.
 
-    The cluster is the connected Ray's, or this machine's when Ray is not started yet (`serve run` builds the
-    app before it connects)."""
+    `num_gpus_per_replica` given: that, whatever is alive. Not given: one GPU per replica where the cluster has
+    GPUs now (more replicas than GPUs only where an autoscaler can add them), else a share of the CPUs. The
+    cluster is the connected Ray's, or this machine's when Ray is not started yet (`serve run` builds the app
+    before it connects). On a cluster whose GPU nodes are still starting, as when KubeRay sends the Serve config
+    once the head is up, that count is 0: the shipped cluster configs state the GPUs for that reason."""
+    if config.num_gpus_per_replica is not None:
+        resources = WorkerResources(num_cpus=config.num_cpus_per_replica or 1.0, num_gpus=config.num_gpus_per_replica)
+        logger.info("vlray serve: %d replicas, %g GPUs each (num_gpus_per_replica)", config.num_replicas,
+                    resources.num_gpus)
+        return resources
     if cluster is None:
         cluster = Placement.of_cluster().model_node_resources() if ray.is_initialized() else _this_machine()
-    if config.num_gpus_per_replica is not None:
-        return WorkerResources(num_cpus=config.num_cpus_per_replica or 1.0, num_gpus=config.num_gpus_per_replica)
+    engine_config = config.engine_config()
+    short = wants_gpus(cluster, engine_config) and config.num_replicas > cluster.get("GPU", 0.0)
+    if can_autoscale is None:
+        can_autoscale = short and ray.is_initialized() and autoscaler_view().is_running
     try:
-        return plan_worker_resources(cluster, config.num_replicas, config.engine_config(),
-                                     config.num_cpus_per_replica)
-    except ValueError:
+        resources = plan_worker_resources(cluster, config.num_replicas, engine_config, config.num_cpus_per_replica,
+                                          can_autoscale)
+    except NotEnoughGpusError:
         raise ValueError(f"num_replicas={config.num_replicas} asks for more GPUs than the cluster's "
-                         f"{int(cluster.get('GPU', 0))}: one model per GPU (or set num_gpus_per_replica).") from None
+                         f"{int(cluster.get('GPU', 0))}, and no autoscaler can add them: one model per GPU (or set "
+                         "num_gpus_per_replica).") from None
+    logger.warning("vlray serve: num_gpus_per_replica not set, so %d replicas get %g GPUs each, read off the GPUs "
+                   "alive now (%d on the model nodes%s); if the cluster's GPU nodes are still starting, set "
+                   "num_gpus_per_replica in the config", config.num_replicas, resources.num_gpus,
+                   int(cluster.get("GPU", 0)), ", the autoscaler adds the rest" if short and can_autoscale else "")
+    return resources
 
 
 def build_app(config: ServerConfig) -> Application:
