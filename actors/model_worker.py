@@ -13,7 +13,7 @@ from actors.cache_client import CacheActorClient
 from actors.metrics import VlrayMetrics
 from vlray.config import EngineConfig
 from vlray.engine.token_stream import StreamDelta
-from vlray.llm import create_generator
+from vlray.llm import LLM
 from vlray.model.loader import set_cpu_threads
 from vlray.schema import GenerationRequest, GenerationResult
 from vlray.stats import PipelineStats
@@ -32,38 +32,38 @@ class ModelWorker:
         self.cache_client = None
         if config.uses_content_cache:
             self.cache_client = CacheActorClient.of_config(config)
-        self.generator = create_generator(config, cache=self.cache_client)
+        self.llm = LLM(config, cache=self.cache_client)
         self.metrics = VlrayMetrics("pipeline", config.model)
 
     def generate(self, requests: list[GenerationRequest | dict[str, Any]]) -> list[GenerationResult]:
         """One result per request, in order; bad requests come back as error results."""
-        results = self.generator.generate(requests)
-        self.metrics.publish(self.generator.stats)
+        results = self.llm.generate(requests)
+        self.metrics.publish(self.llm.stats)
         return results
 
     @ray.method(num_returns="streaming")
     def stream(self, requests: list[GenerationRequest | dict[str, Any]]) -> Iterator[StreamDelta | GenerationResult]:
         """Text deltas as they are made and each result as its request ends: `for ref in worker.stream.remote(r)`."""
-        for event in self.generator.stream(requests):  # not `yield from`: Ray resumes with send(), lists lack it
+        for event in self.llm.stream(requests):  # not `yield from`: Ray resumes with send(), lists lack it
             yield event
-        self.metrics.publish(self.generator.stats)
+        self.metrics.publish(self.llm.stats)
 
     def stats(self) -> PipelineStats:
-        return self.generator.stats
+        return self.llm.stats
 
     def reset_stats(self) -> PipelineStats:
-        return self.generator.reset_stats()
+        return self.llm.reset_stats()
 
     def cache_stats(self) -> dict[str, Any] | None:
         """Stats of the cache this worker uses (the CacheActor's, or its own store's); None without one."""
         if self.cache_client is not None:
             return self.cache_client.stats()
-        cache = self.generator.cache
+        cache = self.llm.cache
         return cache.stats() if cache is not None else None
 
     def info(self) -> dict[str, Any]:
         """Where and how this worker runs."""
-        loaded = self.generator.loaded
+        loaded = self.llm.loaded
         return {
             "node_id": ray.get_runtime_context().get_node_id(),
             "hostname": socket.gethostname(),
@@ -76,5 +76,5 @@ class ModelWorker:
             "fingerprint": loaded.fingerprint,
             "max_model_len": loaded.max_model_len,
             "cache": ("actor " + self.cache_client.name) if self.cache_client else
-                     ("local" if self.generator.cache is not None else None),
+                     ("local" if self.llm.cache is not None else None),
         }

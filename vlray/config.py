@@ -69,6 +69,8 @@ class EngineConfig:
     engine: of one step, prompt tokens prefilled plus one per decoding request."""
     max_batch_size: int = 32
     """Rows: of one static batch (hf), or decoding together (engine)."""
+    bucket_static_batches: bool = True
+    """hf: cut static batches by kind and prompt length (False: in arrival order, kinds mixed)."""
     kv_cache_bytes: int | None = None
     """engine: memory for the KV cache; None: a share of the GPU memory free after loading, or 2 GiB on CPU."""
     kv_cache_memory_fraction: float = 0.8

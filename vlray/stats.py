@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -42,6 +43,24 @@ class PipelineStats:
             yield
         finally:
             self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def take(self) -> "PipelineStats":
+        """A copy of the stats so far, and these zeroed in place (the components that count keep counting)."""
+        old = copy.deepcopy(self)
+        for f in fields(self):
+            setattr(self, f.name, copy.deepcopy(getattr(PipelineStats(), f.name)))
+        return old
+
+    def count_results(self, results: Iterable[Any]) -> None:
+        """Add finished requests' results (GenerationResult): rows ok and failed, tokens."""
+        for result in results:
+            self.num_requests += 1
+            if result.ok:
+                self.num_ok += 1
+                self.num_prompt_tokens += result.num_prompt_tokens
+                self.num_generated_tokens += result.num_generated_tokens
+            else:
+                self.record_error(result.error_kind)
 
     def record_error(self, kind: str | None) -> None:
         self.num_failed += 1

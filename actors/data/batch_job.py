@@ -82,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         check_output_writable(output_path)
         config = EngineConfig(model=args.model, backend=args.backend, device_profile=args.device_profile,
                               max_pixels=args.max_pixels, default_max_tokens=args.max_tokens,
-                              max_batch_tokens=args.batch_tokens, cache=not args.no_cache, cache_dir=args.cache_dir,
-                              quantization=args.quantization, vision_quantization=args.vision_quantization)
+                              max_batch_tokens=args.batch_tokens, bucket_static_batches=not args.no_bucketing,
+                              cache=not args.no_cache, cache_dir=args.cache_dir, quantization=args.quantization,
+                              vision_quantization=args.vision_quantization)
         resolve_model_dir(config.model)
     except (InputError, OutputNotWritableError, ModelNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -134,8 +135,7 @@ def run_job(args: argparse.Namespace, config: EngineConfig, kind: str, input_pat
     dataset = dataset.map_batches(PreprocessStage, **preprocess_stage_args(
         config, collector, args.preprocess_workers, placement.preprocess_options()))
     dataset = dataset.map_batches(GenerateStage, **generate_stage_args(
-        config, collector, not args.no_bucketing, args.num_workers, placement.model_options(resources),
-        args.window_rows))
+        config, collector, args.num_workers, placement.model_options(resources), args.window_rows))
 
     total = min(total, args.limit) if args.limit is not None else total
     progress = Progress(max(0, total - len(done_sources)))

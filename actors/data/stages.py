@@ -21,7 +21,7 @@ from actors.data.parse import pack, unpack
 from actors.metrics import VlrayMetrics
 from vlray.config import EngineConfig
 from vlray.engine.async_engine import AsyncEngine
-from vlray.llm import create_generator
+from vlray.llm import LLM
 from vlray.model.loader import load_preprocessor, set_cpu_threads
 from vlray.schema import GenerationResult, RequestError, request_id_of
 
@@ -87,15 +87,15 @@ class GenerateStage:
     current window's last rows finish: the model does not drain between windows. Time with no window in
     the actor at all is the stage's wait (for preprocessing)."""
 
-    def __init__(self, config: EngineConfig, collector: ActorHandle, bucket: bool, window_rows: int) -> None:
+    def __init__(self, config: EngineConfig, collector: ActorHandle, window_rows: int) -> None:
         granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         set_cpu_threads(config.num_threads or max(1, int(granted)))
         cache = CacheActorClient.of_config(config) if config.uses_content_cache else None
-        self.generator = create_generator(config, bucket=bucket, cache=cache)
+        self.llm = LLM(config, cache=cache)
         # Ray Data bounds what is in flight (tasks per actor, and up to 4 batches per task for async UDFs);
         # the engine's queue only has to hold all of it.
-        self.engine = AsyncEngine(self.generator, config.max_batch_tokens, config.max_batch_size,
-                                  max_queued_requests=4 * WINDOWS_IN_FLIGHT * window_rows, bucket=bucket)
+        self.engine = AsyncEngine(self.llm.backend, self.llm.stats, config.max_batch_size,
+                                  max_queued_requests=4 * WINDOWS_IN_FLIGHT * window_rows)
         self.collector = collector
         self.context = ray.get_runtime_context()
         self.actor_key = incarnation_key()
@@ -119,14 +119,14 @@ class GenerateStage:
             results = await asyncio.gather(*(self.engine.generate(row.prepared) for row in todo))
             for row, result in zip(todo, results):
                 row.result = result
-            self.metrics.publish(self.generator.stats)
+            self.metrics.publish(self.llm.stats)
             for row in rows:
                 row.prepared = None  # pixel patches stay here; only results travel to the writer
         finally:
             self._window_ends()
         self.rows += len(rows)
         self.collector.report.remote("generate", self.actor_key, {
-            "stats": self.generator.stats, "busy_seconds": self.busy_seconds, "wait_seconds": self.wait_seconds,
+            "stats": self.llm.stats, "busy_seconds": self.busy_seconds, "wait_seconds": self.wait_seconds,
             "rows": self.rows, "node_id": self.context.get_node_id(), "restarted": self.restarted})
         return pack(rows)
 
@@ -146,14 +146,13 @@ class GenerateStage:
             self._idle_since = now
 
 
-def generate_stage_args(config: EngineConfig, collector: ActorHandle, bucket: bool, num_workers: int,
+def generate_stage_args(config: EngineConfig, collector: ActorHandle, num_workers: int,
                         actor_options: dict[str, Any], window_rows: int) -> dict[str, Any]:
     """Two windows in flight per actor, both running (the actor is async): one fills the engine as the other
     drains.
 
     `actor_options`: resources and node choice of a model actor (Placement.model_options)."""
-    return dict(fn_constructor_kwargs=dict(config=config, collector=collector, bucket=bucket,
-                                           window_rows=window_rows),
+    return dict(fn_constructor_kwargs=dict(config=config, collector=collector, window_rows=window_rows),
                 compute=ActorPoolStrategy(size=num_workers, max_tasks_in_flight_per_actor=WINDOWS_IN_FLIGHT,
                                           max_concurrent_calls_per_actor=WINDOWS_IN_FLIGHT),
                 batch_format="pyarrow", batch_size=window_rows, **actor_options)

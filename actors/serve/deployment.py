@@ -23,7 +23,7 @@ from actors.autoscaler import NotEnoughGpusError, autoscaler_view
 from actors.placement import Placement, WorkerResources, plan_worker_resources, replica_actor_options, wants_gpus
 from vlray.engine.async_engine import AsyncEngine
 from vlray.inputs.preprocessor import RequestPreprocessor
-from vlray.llm import create_generator
+from vlray.llm import LLM
 from vlray.model.loader import set_cpu_threads
 from vlray.serving.app import build_openai_app
 from vlray.serving.chat_service import ChatService
@@ -41,14 +41,14 @@ class OpenAIDeployment:
         granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         set_cpu_threads(max(1, int(granted)))  # Ray sets OMP_NUM_THREADS=1 in actors
         engine_config = config.engine_config()
-        generator = create_generator(engine_config)
-        loaded = generator.loaded
+        llm = LLM(engine_config)
+        loaded = llm.loaded
         preprocessor = RequestPreprocessor(loaded.processor, loaded.max_model_len, engine_config.default_max_tokens,
                                            engine_config.max_input_pixels, image_policy=config.image_policy())
-        engine = AsyncEngine(generator, engine_config.max_batch_tokens, engine_config.max_batch_size,
-                             config.max_queued_requests, config.batch_wait_ms / 1000, config.retry_after_s)
+        engine = AsyncEngine(llm.backend, llm.stats, engine_config.max_batch_size, config.max_queued_requests,
+                             config.batch_wait_ms / 1000, config.retry_after_s)
         self.service = ChatService(preprocessor, engine, config.model_name)
-        self._stop_metrics = publish_every(VlrayMetrics("serve", config.model_name), lambda: generator.stats,
+        self._stop_metrics = publish_every(VlrayMetrics("serve", config.model_name), lambda: llm.stats,
                                            lambda: engine.num_queued)
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -25,9 +25,9 @@ from jobs.bench.bench_models import load_bench_model, set_threads, tiny_model_di
 from jobs.bench.workloads import questions_per_image_workload
 from vlray.cache.tiered_store import TieredStore
 from vlray.config import EngineConfig
+from vlray.llm import LLM
 from vlray.model.loader import load_model, load_processor
 from vlray.model.presets import build_model
-from vlray.static.static_engine import BatchGenerator
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +67,7 @@ def encoder_cache_figures(args: argparse.Namespace) -> dict:
     print(f"model: {args.size} on {loaded.profile.describe()}; {num_images} images x {args.questions} questions "
           f"= {num_requests} requests in {args.questions} rounds, {max_tokens} new tokens each")
 
-    off = BatchGenerator(loaded, config.with_updates(cache=False))
+    off = LLM(config.with_updates(backend="hf", cache=False), loaded=loaded)
     off.generate(rounds[0][:1])  # warm-up outside the clocks (first-call allocations, lazy imports)
     off.reset_stats()
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -80,7 +80,7 @@ def encoder_cache_figures(args: argparse.Namespace) -> dict:
         for name, store in [("on", TieredStore(Path(cache_dir) / "default", config.cache_hot_bytes,
                                                config.cache_warm_bytes, config.cache_cold_bytes)),
                             ("on_tiered", spread_store(Path(cache_dir) / "spread", off, rounds[0]))]:
-            on = BatchGenerator(loaded, config, cache=store)
+            on = LLM(config.with_updates(backend="hf"), loaded=loaded, cache=store)
             start, cpu_start = time.perf_counter(), time.process_time()
             got = [on.generate(r) for r in rounds]
             seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
@@ -117,11 +117,11 @@ def encoder_cache_figures(args: argparse.Namespace) -> dict:
     return figures
 
 
-def spread_store(folder: Path, generator: BatchGenerator, round_: list[dict]) -> TieredStore:
+def spread_store(folder: Path, llm: LLM, round_: list[dict]) -> TieredStore:
     """A store whose hot and warm tiers each hold about a third of one round's entries, cold the rest."""
-    prepared = [generator.preprocessor.prepare(r) for r in round_]
-    visual = generator.loaded.model.config.vision_config
-    value_bytes = generator.loaded.profile.dtype.itemsize * visual.out_hidden_size * (
+    prepared = [llm.preprocessor.prepare(r) for r in round_]
+    visual = llm.loaded.model.config.vision_config
+    value_bytes = llm.loaded.profile.dtype.itemsize * visual.out_hidden_size * (
         1 + len(visual.deepstack_visual_indexes))
     total = sum(p.pixel_values.nbytes + p.num_image_patches // visual.spatial_merge_size**2 * value_bytes
                 for p in prepared)

@@ -25,11 +25,9 @@ from transformers import GenerationConfig
 
 from jobs.bench.bench_models import load_bench_model, set_threads, tiny_model_dir
 from vlray.config import EngineConfig
-from vlray.engine.continuous_engine import ContinuousBatchingEngine
-from vlray.engine.generator_base import GeneratorBase
 from vlray.inputs.prepared_request import PreparedRequest
+from vlray.llm import LLM
 from vlray.schema import GenerationResult
-from vlray.static.static_engine import BatchGenerator
 from vlray.testing.sample_images import make_image
 
 
@@ -88,17 +86,18 @@ def workload(count: int, max_output: int, seed: int = 0) -> list[dict]:
     return requests
 
 
-def run_all_at_once(generator: GeneratorBase, prepared: list[PreparedRequest]) -> Timed:
+def run_all_at_once(llm: LLM, prepared: list[PreparedRequest]) -> Timed:
     first: dict[str, float] = {}
     start = time.perf_counter()
-    results = generator.generate_prepared(prepared, sink=lambda d: first.setdefault(d.request_id, time.perf_counter()))
+    results = llm.generate_prepared(prepared, sink=lambda d: first.setdefault(d.request_id, time.perf_counter()))
     wall = time.perf_counter() - start
     return Timed(results, wall, [first.get(r.id, start + wall) - start for r in results])
 
 
-def run_engine_arrivals(engine: ContinuousBatchingEngine, prepared: list[PreparedRequest],
+def run_engine_arrivals(llm: LLM, prepared: list[PreparedRequest],
                         arrivals: list[float]) -> Timed:
     """Requests enter the engine when their arrival time comes; steps run in between."""
+    engine = llm.backend
     first: dict[str, float] = {}
     results: dict[str, GenerationResult] = {}
     start, next_index = time.perf_counter(), 0
@@ -117,7 +116,7 @@ def run_engine_arrivals(engine: ContinuousBatchingEngine, prepared: list[Prepare
     return Timed(ordered, wall, [first[p.request_id] - start - a for p, a in zip(prepared, arrivals)])
 
 
-def run_static_arrivals(generator: BatchGenerator, prepared: list[PreparedRequest], arrivals: list[float]) -> Timed:
+def run_static_arrivals(llm: LLM, prepared: list[PreparedRequest], arrivals: list[float]) -> Timed:
     """A server with static batches: take whatever has arrived, run it to the end, repeat."""
     first: dict[str, float] = {}
     results: list[GenerationResult] = []
@@ -131,7 +130,7 @@ def run_static_arrivals(generator: BatchGenerator, prepared: list[PreparedReques
         while next_index < len(prepared) and arrivals[next_index] <= now:
             batch.append(prepared[next_index])
             next_index += 1
-        results += generator.generate_prepared(batch, sink=lambda d: first.setdefault(d.request_id, time.perf_counter()))
+        results += llm.generate_prepared(batch, sink=lambda d: first.setdefault(d.request_id, time.perf_counter()))
     wall = time.perf_counter() - start
     return Timed(results, wall, [first[p.request_id] - start - a for p, a in zip(prepared, arrivals)])
 
@@ -158,16 +157,16 @@ def run(args: argparse.Namespace) -> dict:
     loaded, load_s = load_bench_model(args.size, config, folder)
     print(f"model: {args.size} on {loaded.profile.describe()} (ready in {load_s:.1f} s); {count} requests, "
           f"outputs 8..{max_output} tokens, batch size {args.batch_size}")
-    engine = ContinuousBatchingEngine(loaded, config)
-    static = BatchGenerator(loaded, config)
-    single = BatchGenerator(loaded, config.with_updates(max_batch_size=1))
+    engine = LLM(config, loaded=loaded)
+    static = LLM(config.with_updates(backend="hf"), loaded=loaded)
+    single = LLM(config.with_updates(backend="hf", max_batch_size=1), loaded=loaded)
     prepared = [engine.preprocessor.prepare(r) for r in workload(count, max_output)]
     engine.generate_prepared(prepared[:2])  # warm-up outside the clocks (each round resets the prefix cache)
 
     figures: dict = {"model": args.size, "device": loaded.profile.describe(), "requests": count}
 
     def engine_cold() -> Timed:
-        engine.block_manager.reset_prefix_cache()  # every round starts with a cold prefix cache
+        engine.backend.block_manager.reset_prefix_cache()  # every round starts with a cold prefix cache
         return run_all_at_once(engine, prepared)
 
     paths: dict[str, Callable[[], Timed]] = {
@@ -184,7 +183,7 @@ def run(args: argparse.Namespace) -> dict:
         all_at_once["generate, one at a time"] = run_all_at_once(single, prepared)
     rate = args.arrival_rate or count / all_at_once["engine"].wall_s
     arrivals = list(_poisson_arrivals(count, rate))
-    engine.block_manager.reset_prefix_cache()
+    engine.backend.block_manager.reset_prefix_cache()
     spread = {"engine": run_engine_arrivals(engine, prepared, arrivals),
               "generate, static batches": run_static_arrivals(static, prepared, arrivals)}
 

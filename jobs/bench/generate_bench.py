@@ -1,4 +1,4 @@
-"""Batched generation (BatchGenerator) against plain transformers generate one request at a time.
+"""Batched generation (static batches through transformers generate) against plain generate one request at a time.
 
 Both run the same requests in the same process on the same model; greedy outputs are checked equal, then
 rows/s, generated tokens/s and their ratio are printed.
@@ -13,7 +13,7 @@ import time
 from jobs.bench.bench_models import load_bench_model, set_threads, tiny_model_dir
 from jobs.bench.workloads import mixed_workload
 from vlray.config import EngineConfig
-from vlray.static.static_engine import BatchGenerator
+from vlray.llm import LLM
 from vlray.testing.reference import reference_generate
 
 
@@ -50,9 +50,9 @@ def run(args: argparse.Namespace) -> dict:
     reference = [reference_generate(loaded, r, max_tokens) for r in requests]
     one_by_one_s = time.perf_counter() - start
 
-    generator = BatchGenerator(loaded, config)
+    llm = LLM(config.with_updates(backend="hf"), loaded=loaded)
     start = time.perf_counter()
-    results = generator.generate(requests)
+    results = llm.generate(requests)
     batched_s = time.perf_counter() - start
 
     mismatches = [r.id for r, ref in zip(results, reference) if r.token_ids != ref]
@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> dict:
         "one_by_one_tokens_per_s": tokens / one_by_one_s,
         "batched_tokens_per_s": tokens / batched_s,
         "speedup": one_by_one_s / batched_s,
-        "padding_fraction": generator.stats.padding_fraction,
-        "num_batches": generator.stats.num_batches,
+        "padding_fraction": llm.stats.padding_fraction,
+        "num_batches": llm.stats.num_batches,
         "greedy_mismatches": mismatches,
     }
     print(f"{'path':<28}{'rows/s':>10}{'tokens/s':>12}")

@@ -8,7 +8,7 @@ import pytest
 
 from actors.cache_actor import find_cache_actor, get_or_create_cache_actor
 from actors.cache_client import CacheActorClient
-from vlray.static.static_engine import BatchGenerator
+from vlray.llm import LLM
 
 
 def cache_config(tiny_config, tmp_path, **changes):
@@ -44,7 +44,7 @@ def test_two_workers_share_one_cache_actor(ray_local, tiny_config, tiny_loaded, 
     finally:
         for worker in workers:
             ray_local.kill(worker)
-    expected = BatchGenerator(tiny_loaded, tiny_config.with_updates(cache=False)).generate(first + second)
+    expected = LLM(tiny_config.with_updates(backend="hf", cache=False), loaded=tiny_loaded).generate(first + second)
     assert [r.token_ids for r in results_a + results_b] == [r.token_ids for r in expected]
     assert info["cache"] == f"actor {config.cache_actor_name}"
     assert stats_a.num_images_encoded == 3 and stats_b.num_images_encoded == 0
@@ -152,7 +152,7 @@ def test_a_killed_cache_actor_costs_time_not_answers(ray_local, tiny_config, tin
         replacement_stats = ray_local.get(replacement.stats.remote())
     finally:
         ray_local.kill(worker)
-    expected = BatchGenerator(tiny_loaded, tiny_config.with_updates(cache=False)).generate(requests)
+    expected = LLM(tiny_config.with_updates(backend="hf", cache=False), loaded=tiny_loaded).generate(requests)
     for results in (before, without, after):
         assert [r.token_ids for r in results] == [r.token_ids for r in expected]
     assert stats.num_images_encoded == 6  # the third round: every image from the new actor's warm tier

@@ -7,7 +7,7 @@ from actors.inference_pipeline import InferencePipeline
 from actors.placement import WorkerResources, plan_worker_resources
 from actors.worker_factory import split_evenly
 from vlray.config import EngineConfig
-from vlray.static.static_engine import BatchGenerator
+from vlray.llm import LLM
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def test_worker_answers_through_ray_get(ray_local, tiny_config, tiny_loaded, req
 
     worker = ModelWorker.options(num_cpus=1).remote(tiny_config)
     results = ray_local.get(worker.generate.remote(requests_with_images))
-    local = BatchGenerator(tiny_loaded, tiny_config).generate(requests_with_images)
+    local = LLM(tiny_config.with_updates(backend="hf"), loaded=tiny_loaded).generate(requests_with_images)
     assert [r.id for r in results] == ["a", "b", "c", "bad", "d"]
     assert [r.token_ids for r in results] == [r.token_ids for r in local]
     assert results[3].error_kind == "image_not_found"
@@ -43,7 +43,7 @@ def test_pipeline_facade_with_two_workers(ray_local, tiny_config, tiny_loaded, r
         results = pipeline.run(requests)
         stats = pipeline.stats()
         nodes = {info["pid"] for info in pipeline.worker_info()}
-    local = BatchGenerator(tiny_loaded, tiny_config).generate(requests)
+    local = LLM(tiny_config.with_updates(backend="hf"), loaded=tiny_loaded).generate(requests)
     assert [r.id for r in results] == [r["id"] for r in requests]
     assert [r.token_ids for r in results] == [r.token_ids for r in local]
     assert len(nodes) == 2  # two separate worker processes
@@ -78,7 +78,7 @@ def test_streaming_through_the_worker_and_the_pipeline(ray_local, tiny_config, t
     with InferencePipeline(tiny_config, num_workers=2, num_cpus_per_worker=1) as pipeline:
         events = list(pipeline.stream(requests_with_images))
     results = {e.id: e for e in events if isinstance(e, GenerationResult)}
-    local = {r.id: r for r in BatchGenerator(tiny_loaded, tiny_config).generate(requests_with_images)}
+    local = {r.id: r for r in LLM(tiny_config.with_updates(backend="hf"), loaded=tiny_loaded).generate(requests_with_images)}
     assert {k: r.token_ids for k, r in results.items()} == {k: r.token_ids for k, r in local.items()}
     texts = {}
     for event in events:

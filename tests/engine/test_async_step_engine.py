@@ -7,20 +7,20 @@ import asyncio
 import pytest
 
 from vlray.engine.async_engine import AsyncEngine
-from vlray.engine.continuous_engine import ContinuousBatchingEngine
+from vlray.llm import LLM
 
 PROMPTS = ["Hello", "Describe the scene.", "Name three colours.", "What is in the picture?", "Count."]
 
 
 @pytest.fixture()
 def engine(tiny_loaded, tiny_config):
-    return ContinuousBatchingEngine(tiny_loaded, tiny_config.with_updates(kv_cache_bytes=16 << 20))
+    return LLM(tiny_config.with_updates(backend="engine", kv_cache_bytes=16 << 20), loaded=tiny_loaded)
 
 
 def test_late_request_joins_and_finishes_before_the_long_one(engine):
     alone = {p: engine.generate([{"id": p, "prompt": p, "max_tokens": 4}])[0].token_ids for p in PROMPTS}
     long_alone = engine.generate([{"id": "long", "prompt": "Talk.", "max_tokens": 200}])[0].token_ids
-    server = AsyncEngine(engine, engine.config.max_batch_tokens, engine.config.max_batch_size)
+    server = AsyncEngine(engine.backend, engine.stats, engine.config.max_batch_size)
     finished_order = []
 
     async def run(request_id, prompt, max_tokens):
@@ -51,14 +51,14 @@ def test_late_request_joins_and_finishes_before_the_long_one(engine):
 
 
 def test_a_caller_that_leaves_frees_its_place(engine):
-    server = AsyncEngine(engine, engine.config.max_batch_tokens, engine.config.max_batch_size)
+    server = AsyncEngine(engine.backend, engine.stats, engine.config.max_batch_size)
 
     async def main():
         stream = server.stream(engine.preprocessor.prepare({"id": "gone", "prompt": "Talk.", "max_tokens": 500}))
         await anext(stream)
         await stream.aclose()  # the client disconnects after its first text
         for _ in range(200):
-            if not engine.has_unfinished():
+            if not engine.backend.has_unfinished():
                 return True
             await asyncio.sleep(0.01)
         return False

@@ -5,7 +5,7 @@ off; and it streams, samples by seed, stops on stop strings, and refuses what it
 import pytest
 import torch
 
-from vlray.engine.continuous_engine import ContinuousBatchingEngine
+from vlray.llm import LLM
 from vlray.testing.reference import reference_generate
 from vlray.testing.sample_images import make_image
 
@@ -35,8 +35,9 @@ def expected(tiny_loaded, workload):
     return {r["id"]: reference_generate(tiny_loaded, r, 12) for r in workload}
 
 
-def _engine(loaded, config, **changes):
-    return ContinuousBatchingEngine(loaded, config.with_updates(**changes))
+def _engine(loaded, config, **changes) -> LLM:
+    """An LLM over the continuous engine (the engine itself is its `backend`)."""
+    return LLM(config.with_updates(backend="engine", **changes), loaded=loaded)
 
 
 @pytest.mark.parametrize("prefix_caching", [True, False])
@@ -57,8 +58,9 @@ def test_all_at_once_equals_one_at_a_time(tiny_loaded, tiny_config, workload, ex
 
 
 def test_requests_join_while_others_decode(tiny_loaded, tiny_config, workload, expected):
-    engine = _engine(tiny_loaded, tiny_config, kv_cache_bytes=16 << 20)
-    prepared = [engine.preprocessor.prepare(r) for r in workload]
+    llm = _engine(tiny_loaded, tiny_config, kv_cache_bytes=16 << 20)
+    engine = llm.backend
+    prepared = [llm.preprocessor.prepare(r) for r in workload]
     results, joined_late = {}, False
     engine.add(prepared[0])
     for request in prepared[1:]:
@@ -160,8 +162,9 @@ def test_same_image_then_different_text_reuses_only_whole_images(tiny_loaded, ti
     second = {"id": "q2", "prompt": "What colours do you see?", "images": [photo], "max_tokens": 8}
     prepared = engine.preprocessor.prepare(second)
     seen = []
-    run = engine.prefill_runner.run
-    engine.prefill_runner.run = lambda seq, *a: seen.append((seq.num_cached_tokens, run(seq, *a))) or seen[-1][1]
+    prefill = engine.backend.runner.prefill_runner
+    run = prefill.run
+    prefill.run = lambda seq, *a: seen.append((seq.num_cached_tokens, run(seq, *a))) or seen[-1][1]
     [result] = engine.generate_prepared([prepared])
     with torch.inference_mode():
         full = tiny_loaded.model(
@@ -190,14 +193,14 @@ def test_a_shared_system_prompt_is_reused(tiny_loaded, tiny_config, sample_image
 
 @pytest.mark.parametrize("backend", ["engine", "hf"])
 def test_stream_yields_deltas_then_each_result(tiny_loaded, tiny_config, backend):
+    from vlray.llm import LLM
     from vlray.schema import GenerationResult
-    from vlray.static.static_engine import BatchGenerator
 
     config = tiny_config.with_updates(kv_cache_bytes=16 << 20)
-    generator = _engine(tiny_loaded, config) if backend == "engine" else BatchGenerator(tiny_loaded, config)
+    llm = _engine(tiny_loaded, config) if backend == "engine" else LLM(config.with_updates(backend="hf"), loaded=tiny_loaded)
     requests = [{"id": "a", "prompt": "Hello", "max_tokens": 5}, {"id": "bad", "prompt": ""},
                 {"id": "b", "prompt": "Tell me more.", "max_tokens": 12}]
-    events = list(generator.stream(requests))
+    events = list(llm.stream(requests))
     results = {e.id: e for e in events if isinstance(e, GenerationResult)}
     assert set(results) == {"a", "bad", "b"} and results["bad"].error_kind == "empty_prompt"
     for request_id in ("a", "b"):
@@ -205,4 +208,4 @@ def test_stream_yields_deltas_then_each_result(tiny_loaded, tiny_config, backend
         assert "".join(d.text for d in deltas) == results[request_id].text
         assert events.index(results[request_id]) > events.index(deltas[-1])  # the result follows its deltas
     assert results["a"].token_ids == reference_generate(tiny_loaded, requests[0], 12)
-    assert generator.stats.num_requests == 3 and generator.stats.num_failed == 1
+    assert llm.stats.num_requests == 3 and llm.stats.num_failed == 1

@@ -9,7 +9,7 @@ from vlray.engine.generated_sequence import finish_sequence
 from vlray.engine.incremental_detokenizer import REPLACEMENT_CHAR, IncrementalDetokenizer
 from vlray.engine.token_stream import RequestStream, StreamDelta
 from vlray.inputs.prepared_request import SamplingParams
-from vlray.static.static_engine import BatchGenerator
+from vlray.llm import LLM
 
 VOCAB = {1: "a", 2: "b", 3: "c", 4: "x", 5: "", 6: " y"}  # 5 is EOS, decoded to nothing (a special token)
 EOS = {5}
@@ -92,19 +92,19 @@ def test_deltas_equal_the_non_streamed_cut(stop):
 
 
 def test_batched_stream_adds_up_to_the_results(tiny_loaded, tiny_config):
-    generator = BatchGenerator(tiny_loaded, tiny_config.with_updates(max_batch_size=8))
+    llm = LLM(tiny_config.with_updates(backend="hf", max_batch_size=8), loaded=tiny_loaded)
     base = [
         {"id": "long", "prompt": "Describe the scene.", "max_tokens": 20},
         {"id": "short", "prompt": "Describe the scene.", "max_tokens": 2},
         {"id": "chat", "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 15},
     ]
-    full = generator.generate(base)
+    full = llm.generate(base)
     stop = full[0].text[len(full[0].text) // 2: len(full[0].text) // 2 + 2]
     requests = base + [{**base[0], "id": "stopped", "stop": [stop]}]
-    prepared = [generator.preprocessor.prepare(r) for r in requests]
+    prepared = [llm.preprocessor.prepare(r) for r in requests]
     deltas: list[StreamDelta] = []
-    results = generator.generate_prepared(prepared, sink=deltas.append)
-    assert generator.stats.num_batches == 2  # one batch per call: the four rows were generated together
+    results = llm.generate_prepared(prepared, sink=deltas.append)
+    assert llm.stats.num_batches == 2  # one batch per call: the four rows were generated together
     for result in results:
         mine = [d for d in deltas if d.request_id == result.id]
         assert "".join(d.text for d in mine) == result.text, result.id

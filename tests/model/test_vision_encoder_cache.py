@@ -10,7 +10,7 @@ import torch
 from vlray.cache.tiered_store import TieredStore
 from vlray.model.vision_encoder import VisionEncoder, to_mm_encoder_outputs
 from vlray.model.vision_encoder_cache import deserialize_features, serialize_features
-from vlray.static.static_engine import BatchGenerator
+from vlray.llm import LLM
 from vlray.testing.reference import reference_generate
 
 QUESTIONS = ["What is in this image?", "Count the shapes.", "Describe the colours in detail, please.",
@@ -48,7 +48,7 @@ def memory_store() -> TieredStore:
 
 
 def test_vision_encoder_equals_get_image_features(tiny_loaded, sample_images, tiny_config):
-    prepared = [BatchGenerator(tiny_loaded, tiny_config.with_updates(cache=False)).preprocessor.prepare(
+    prepared = [LLM(tiny_config.with_updates(backend="hf", cache=False), loaded=tiny_loaded).preprocessor.prepare(
         {"id": "x", "prompt": "Compare.", "images": [str(sample_images[0]), str(sample_images[2])]})]
     pixels, grid = torch.from_numpy(prepared[0].pixel_values), torch.from_numpy(prepared[0].image_grid_thw)
     encoder = VisionEncoder(tiny_loaded.model, tiny_loaded.profile)
@@ -75,14 +75,14 @@ def test_vision_encoder_equals_get_image_features(tiny_loaded, sample_images, ti
 
 
 def test_cache_on_equals_off_and_encodes_each_image_once(tiny_loaded, tiny_config, four_questions, counter):
-    off = BatchGenerator(tiny_loaded, tiny_config.with_updates(cache=False, max_batch_size=3))
+    off = LLM(tiny_config.with_updates(backend="hf", cache=False, max_batch_size=3), loaded=tiny_loaded)
     expected = [off.generate(round_) for round_ in four_questions]
     num_images = len(four_questions[0])
     assert (counter.images, off.stats.num_images_encoded) == (4 * num_images, 4 * num_images)
 
     counter.calls = counter.images = 0
     store = memory_store()
-    on = BatchGenerator(tiny_loaded, tiny_config.with_updates(max_batch_size=3), cache=store)
+    on = LLM(tiny_config.with_updates(backend="hf", max_batch_size=3), loaded=tiny_loaded, cache=store)
     got = [on.generate(round_) for round_ in four_questions]
     assert [[r.token_ids for r in round_] for round_ in got] == [[r.token_ids for r in round_] for round_ in expected]
     assert counter.images == num_images  # N images encoded, not 4N
@@ -95,9 +95,9 @@ def test_cache_on_equals_off_and_encodes_each_image_once(tiny_loaded, tiny_confi
 
 def test_questions_about_one_image_in_one_batch_encode_it_once(tiny_loaded, tiny_config, four_questions, counter):
     requests = [r for round_ in four_questions for r in round_]
-    off = BatchGenerator(tiny_loaded, tiny_config.with_updates(cache=False)).generate(requests)
+    off = LLM(tiny_config.with_updates(backend="hf", cache=False), loaded=tiny_loaded).generate(requests)
     counter.calls = counter.images = 0
-    on = BatchGenerator(tiny_loaded, tiny_config, cache=memory_store())
+    on = LLM(tiny_config.with_updates(backend="hf"), loaded=tiny_loaded, cache=memory_store())
     results = on.generate(requests)
     assert [r.token_ids for r in results] == [r.token_ids for r in off]
     assert counter.images == len(four_questions[0]) == on.stats.num_images_encoded
@@ -111,14 +111,14 @@ def test_damaged_cache_files_are_recomputed(tiny_loaded, tiny_config, sample_ima
     # No hot tier: every entry is a file in warm, so every lookup reads a file.
     config = tiny_config.with_updates(cache_preprocessed_images=False)
     store = TieredStore(tmp_path, hot_bytes=0, warm_bytes=1 << 30, cold_bytes=0)
-    first = BatchGenerator(tiny_loaded, config, cache=store).generate(requests)
+    first = LLM(config.with_updates(backend="hf"), loaded=tiny_loaded, cache=store).generate(requests)
     files = sorted((tmp_path / "warm").glob("enc-*.bin"))
     assert len(files) == 3
     blob = files[0].read_bytes()
     files[0].write_bytes(blob[:-100] + bytes(b ^ 0xFF for b in blob[-100:]) if damage == "corrupt"
                          else blob[: len(blob) // 3])
     counter.calls = counter.images = 0
-    second = BatchGenerator(tiny_loaded, config, cache=store).generate(requests)
+    second = LLM(config.with_updates(backend="hf"), loaded=tiny_loaded, cache=store).generate(requests)
     assert [r.token_ids for r in second] == [r.token_ids for r in first]
     assert counter.images == 1  # only the damaged one was encoded again
     stats = store.stats()
@@ -127,16 +127,16 @@ def test_damaged_cache_files_are_recomputed(tiny_loaded, tiny_config, sample_ima
 
 
 def test_prepared_requests_without_hashes_are_keyed_by_their_patches(tiny_loaded, tiny_config, sample_images, counter):
-    generator = BatchGenerator(tiny_loaded, tiny_config, cache=memory_store())
-    prepared = [generator.preprocessor.prepare({"id": f"r{i}", "prompt": q, "images": [str(sample_images[1])]})
+    llm = LLM(tiny_config.with_updates(backend="hf"), loaded=tiny_loaded, cache=memory_store())
+    prepared = [llm.preprocessor.prepare({"id": f"r{i}", "prompt": q, "images": [str(sample_images[1])]})
                 for i, q in enumerate(QUESTIONS[:2])]
     for p in prepared:
         p.image_hashes = []
     counter.calls = counter.images = 0
-    first = generator.generate_prepared(prepared[:1])
-    second = generator.generate_prepared(prepared[1:])
+    first = llm.generate_prepared(prepared[:1])
+    second = llm.generate_prepared(prepared[1:])
     assert counter.images == 1
-    off = BatchGenerator(tiny_loaded, tiny_config.with_updates(cache=False)).generate_prepared(prepared)
+    off = LLM(tiny_config.with_updates(backend="hf", cache=False), loaded=tiny_loaded).generate_prepared(prepared)
     assert [r.token_ids for r in first + second] == [r.token_ids for r in off]
 
 

@@ -11,23 +11,23 @@ import pytest
 from vlray.engine.async_engine import AsyncEngine
 from vlray.inputs.image_policy import ImagePolicy
 from vlray.inputs.preprocessor import RequestPreprocessor
+from vlray.llm import LLM
 from vlray.serving.app import build_openai_app
 from vlray.serving.chat_service import ChatService
-from vlray.static.static_engine import BatchGenerator
 
 MODEL = "tiny"
 
 
 @pytest.fixture()
-def generator(tiny_loaded, tiny_config):
-    return BatchGenerator(tiny_loaded, tiny_config)
+def llm(tiny_loaded, tiny_config):
+    return LLM(tiny_config.with_updates(backend="hf"), loaded=tiny_loaded)
 
 
-def _app(generator, **engine_args):
-    loaded, config = generator.loaded, generator.config
+def _app(llm, **engine_args):
+    loaded, config = llm.loaded, llm.config
     preprocessor = RequestPreprocessor(loaded.processor, loaded.max_model_len, config.default_max_tokens,
                                        config.max_input_pixels, image_policy=ImagePolicy.for_server())
-    engine = AsyncEngine(generator, config.max_batch_tokens, config.max_batch_size, **engine_args)
+    engine = AsyncEngine(llm.backend, llm.stats, config.max_batch_size, **engine_args)
     return build_openai_app(ChatService(preprocessor, engine, MODEL)), engine
 
 
@@ -48,17 +48,17 @@ def _events(response):
     return [line.removeprefix("data: ") for line in response.text.split("\n\n") if line]
 
 
-def test_full_queue_is_a_429_with_retry_after(generator, monkeypatch):
+def test_full_queue_is_a_429_with_retry_after(llm, monkeypatch):
     entered, release = threading.Event(), threading.Event()
-    real = generator.generate_prepared
+    real = llm.backend._run_batch
 
     def gated(prepared, sink=None):
         entered.set()
         release.wait(30)
         return real(prepared, sink)
 
-    monkeypatch.setattr(generator, "generate_prepared", gated)
-    app, engine = _app(generator, max_queued_requests=1, retry_after_s=2.5)
+    monkeypatch.setattr(llm.backend, "_run_batch", gated)
+    app, engine = _app(llm, max_queued_requests=1, retry_after_s=2.5)
 
     async def main():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://vlray") as client:
@@ -77,8 +77,8 @@ def test_full_queue_is_a_429_with_retry_after(generator, monkeypatch):
     assert running.status_code == queued.status_code == 200
 
 
-def test_an_engine_failure_is_a_500_or_an_error_event(generator, monkeypatch):
-    real = generator.runner.generate
+def test_an_engine_failure_is_a_500_or_an_error_event(llm, monkeypatch):
+    real = llm.backend.runner.generate
     calls = []
 
     def fails_after_streaming(batch, batch_requests, sink=None):
@@ -87,8 +87,8 @@ def test_an_engine_failure_is_a_500_or_an_error_event(generator, monkeypatch):
             real(batch, batch_requests, sink=lambda delta: None if delta.is_final else sink(delta))
         raise RuntimeError("device lost (simulated)")
 
-    monkeypatch.setattr(generator.runner, "generate", fails_after_streaming)
-    app, engine = _app(generator)
+    monkeypatch.setattr(llm.backend.runner, "generate", fails_after_streaming)
+    app, engine = _app(llm)
     [plain] = _call(app, _chat())
     [early] = _call(app, _chat(stream=True))
     [late] = _call(app, _chat(stream=True, max_tokens=12))
@@ -101,8 +101,8 @@ def test_an_engine_failure_is_a_500_or_an_error_event(generator, monkeypatch):
     assert "device lost" in json.loads(events[-1])["error"]["message"]
 
 
-def test_protocol_details(generator):
-    app, engine = _app(generator)
+def test_protocol_details(llm):
+    app, engine = _app(llm)
     system, developer, both_limits, usage_last, not_found, no_route, wrong_method = _call(
         app,
         ("POST", "/v1/chat/completions", {"model": MODEL, "messages": [

@@ -1,1 +1,2 @@
-"""The continuous-batching engine: scheduler, block manager, sequences, KV cache, sampler, token output, async engine, request queue."""
+"""The continuous-batching engine (scheduler, block manager, sequences, KV cache, sampler, token output) and what
+drives any backend: the step interface (backend.py), the async engine and its request queue."""

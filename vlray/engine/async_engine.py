@@ -1,11 +1,12 @@
 """AsyncEngine: concurrent asyncio callers, one generation thread. Requests wait in a bounded queue; the thread
-feeds them to the generator and sends each caller its result, or its text as it is made.
+moves them into a generation backend as it has room and steps it, sending each caller its result, or its text
+as it is made.
 
-Two ways to feed, by what the generator can do:
-- a step engine (the continuous-batching engine): at every step the thread moves newly queued requests into
-  it, so a request joins the running batch at the next step and leaves it the step it ends;
-- a batch generator (static batches through transformers generate): the thread takes the next batch from the
-  queue and runs it to the end; requests that arrive meanwhile wait for the next batch.
+One loop for every backend: with the continuous engine a request joins the running batch at the next step
+and leaves it the step it ends; with static batches (a step runs a whole batch) requests that arrive while a
+batch runs wait for a later one, and an idle backend is given batch_wait_s for a batch to fill. Nothing one
+request does ends the thread: a request that fails gets its error result, a step that fails as a whole fails
+the requests it ran (error_kind "step_failed"), and the loop goes on.
 """
 
 from __future__ import annotations
@@ -13,37 +14,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncGenerator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import AsyncGenerator
+from typing import Any
 
+from vlray.engine.backend import STEP_FAILED, GenerationBackend, add_or_fail, failed_result
 from vlray.engine.request_queue import QueuedRequest, RequestQueue
-from vlray.engine.token_stream import DeltaSink, StreamDelta
+from vlray.engine.token_stream import StreamDelta
 from vlray.inputs.prepared_request import PreparedRequest
-from vlray.schema import GenerationResult, RequestError
+from vlray.schema import GenerationResult
+from vlray.stats import PipelineStats
 
 log = logging.getLogger(__name__)
-
-
-class StreamingGenerator(Protocol):
-    """What AsyncEngine runs batches on (BatchGenerator is one)."""
-
-    def generate_prepared(self, prepared: Sequence[PreparedRequest],
-                          sink: DeltaSink | None = None) -> list[GenerationResult]: ...
-
-
-@runtime_checkable
-class StepEngine(Protocol):
-    """A generator that takes requests at any step (ContinuousBatchingEngine is one)."""
-
-    def add(self, prepared: PreparedRequest) -> Any: ...
-
-    def step(self, sink: DeltaSink | None = None) -> list[tuple[Any, GenerationResult]]: ...
-
-    def has_unfinished(self) -> bool: ...
-
-    def abort(self, handle: Any) -> None: ...
-
-    def count_results(self, results: Sequence[GenerationResult]) -> None: ...
 
 
 class GenerationError(RuntimeError):
@@ -73,20 +54,21 @@ class _ReplyChannel:
 class AsyncEngine:
     """`await engine.generate(prepared)` or `async for delta in engine.stream(prepared)`, from any event loop."""
 
-    def __init__(self, generator: StreamingGenerator, max_batch_tokens: int, max_batch_size: int,
-                 max_queued_requests: int = 64, batch_wait_s: float = 0.01, retry_after_s: float = 1.0,
-                 bucket: bool = True) -> None:
-        """bucket: how a static-batch generator's batches are cut from the queue (see RequestQueue)."""
-        self.generator = generator
+    def __init__(self, backend: GenerationBackend, stats: PipelineStats | None, max_batch_size: int,
+                 max_queued_requests: int = 64, batch_wait_s: float = 0.01, retry_after_s: float = 1.0) -> None:
+        """stats: where results are counted (the LLM's); max_queued_requests bounds the requests waiting, in the
+        queue or in the backend, not yet running."""
+        self.backend = backend
+        self.stats = stats
         self.batch_wait_s = batch_wait_s
-        self.queue = RequestQueue(max_queued_requests, max_batch_tokens, max_batch_size, retry_after_s, bucket)
-        self.max_batch_size = max_batch_size
-        self._running: dict[str, _ReplyChannel] = {}  # the batch on the thread, by request id
-        self._abandoned: set[str] = set()  # request ids whose callers left while they ran (step engines)
+        self.queue = RequestQueue(max_queued_requests, max_batch_size, retry_after_s)
+        self._running: dict[str, _ReplyChannel] = {}  # requests in the backend, by request id
+        # Requests whose callers left while they were in the backend (items, not ids: a caller may send the same
+        # id again as soon as its first request has ended).
+        self._abandoned: list[QueuedRequest] = []
         self._ids_in_flight: set[str] = set()
         self._ids_lock = threading.Lock()
-        run = self._run_steps if isinstance(generator, StepEngine) else self._run_batches
-        self._thread = threading.Thread(target=run, name="vlray-generate", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="vlray-generate", daemon=True)
         self._thread.start()
 
     @property
@@ -95,11 +77,12 @@ class AsyncEngine:
 
     @property
     def num_queued(self) -> int:
-        return len(self.queue)
+        """Requests waiting, in the queue or in the backend."""
+        return len(self.queue) + self.backend.num_waiting()
 
     @property
     def num_running(self) -> int:
-        return len(self._running)
+        return max(0, len(self._running) - self.backend.num_waiting())
 
     async def generate(self, prepared: PreparedRequest) -> GenerationResult:
         """The request's result (an error result if generation failed). QueueFullError when the queue is full."""
@@ -141,7 +124,7 @@ class AsyncEngine:
             self._release(item)
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Stop taking batches; requests still waiting get an error result; wait for the running batch."""
+        """Stop taking requests; those still waiting get an error result; wait for the running step."""
         for item in self.queue.close():
             item.reply_to.post(GenerationResult.failed(item.prepared.request_id, "the server is shutting down"))
         self._thread.join(timeout_s)
@@ -154,7 +137,8 @@ class AsyncEngine:
             self._ids_in_flight.add(prepared.request_id)
         item = QueuedRequest(prepared, _ReplyChannel(is_streaming))
         try:
-            self.queue.put(item)
+            # The backend's count is read across threads: an int, exact enough for a bound.
+            self.queue.put(item, self.backend.num_waiting())
         except Exception:
             self._release(item)
             raise
@@ -162,67 +146,70 @@ class AsyncEngine:
 
     def _release(self, item: QueuedRequest) -> None:
         if not self.queue.cancel(item) and item.prepared.request_id in self._running:
-            with self._ids_lock:  # running in a step engine: the thread drops it at its next step
-                self._abandoned.add(item.prepared.request_id)
+            with self._ids_lock:  # in the backend: the thread drops it at its next step
+                self._abandoned.append(item)
         with self._ids_lock:
             self._ids_in_flight.discard(item.prepared.request_id)
 
-    def _run_steps(self) -> None:
-        engine: StepEngine = self.generator  # type: ignore[assignment]
+    def _run(self) -> None:
         handles: dict[str, tuple[Any, QueuedRequest]] = {}
         while True:
-            room = max(0, self.max_batch_size - len(handles))
-            taken = self.queue.take_available(room, block=not handles)
-            if taken is None:
-                break
-            for item in taken:
-                try:
-                    handles[item.prepared.request_id] = (engine.add(item.prepared), item)
-                    self._running[item.prepared.request_id] = item.reply_to
-                except RequestError as exc:
-                    self._reply(engine, item, GenerationResult.failed(item.prepared.request_id, exc))
-            with self._ids_lock:
-                abandoned, self._abandoned = self._abandoned, set()
-            for request_id in abandoned & handles.keys():
-                engine.abort(handles.pop(request_id)[0])
-                self._running.pop(request_id, None)
-            if not handles:
-                continue
             try:
-                finished = engine.step(self._route)
-            except Exception as exc:  # a bug or out of memory: fail what runs, keep serving
-                log.exception("an engine step failed with %d requests running", len(handles))
-                for handle, item in handles.values():
-                    engine.abort(handle)
-                    self._reply(engine, item, GenerationResult.failed(item.prepared.request_id,
-                                                                      f"internal error: {exc}"))
+                if not self._step(handles):
+                    break
+            except Exception as exc:  # a bug outside any one request: fail what is in the backend, keep serving
+                log.exception("the generation loop failed with %d requests in the backend", len(handles))
+                for handle, item in list(handles.values()):
+                    self._abort_quietly(handle)
+                    self._reply(item, failed_result(item.prepared, exc, STEP_FAILED))
                 handles.clear()
                 self._running.clear()
-                continue
-            for _, result in finished:
-                handle_item = handles.pop(result.id, None)
-                if handle_item is not None:
-                    self._reply(engine, handle_item[1], result)
-                self._running.pop(result.id, None)
+        for handle, item in handles.values():  # closed: what the backend still held is not run
+            self._reply(item, GenerationResult.failed(item.prepared.request_id, "the server is shutting down"))
 
-    @staticmethod
-    def _reply(engine: StepEngine, item: QueuedRequest, result: GenerationResult) -> None:
-        engine.count_results([result])  # the step API leaves counting to its caller
+    def _step(self, handles: dict[str, tuple[Any, QueuedRequest]]) -> bool:
+        """Move queued requests into the backend, drop abandoned ones, run one step; False once closed."""
+        backend = self.backend
+        is_idle = not backend.has_unfinished()
+        wait_s = self.batch_wait_s if is_idle and backend.waits_for_batch else 0.0
+        taken = self.queue.take(backend.room(), block=is_idle, wait_s=wait_s)
+        if taken is None:
+            return False
+        for item in taken:
+            request_id = item.prepared.request_id
+            handle, failure = add_or_fail(backend, item.prepared)
+            if failure is not None:
+                self._reply(item, failure)
+            else:
+                handles[request_id] = (handle, item)
+                self._running[request_id] = item.reply_to
+        with self._ids_lock:
+            abandoned, self._abandoned = self._abandoned, []
+        for item in abandoned:
+            request_id = item.prepared.request_id
+            if request_id in handles and handles[request_id][1] is item:
+                backend.abort(handles.pop(request_id)[0])
+                self._running.pop(request_id, None)
+        if not backend.has_unfinished():
+            return True
+        streaming = any(item.reply_to.is_streaming for _, item in handles.values())
+        for _, result in backend.step(self._route if streaming else None):
+            handle_item = handles.pop(result.id, None)
+            if handle_item is not None:
+                self._reply(handle_item[1], result)
+            self._running.pop(result.id, None)
+        return True
+
+    def _abort_quietly(self, handle: Any) -> None:
+        try:
+            self.backend.abort(handle)
+        except Exception:
+            log.exception("aborting a request after a failed step failed too")
+
+    def _reply(self, item: QueuedRequest, result: GenerationResult) -> None:
+        if self.stats is not None:
+            self.stats.count_results([result])
         item.reply_to.post(result)
-
-    def _run_batches(self) -> None:
-        while (batch := self.queue.take_batch(self.batch_wait_s)) is not None:
-            self._running = {item.prepared.request_id: item.reply_to for item in batch}
-            sink = self._route if any(item.reply_to.is_streaming for item in batch) else None
-            try:
-                results = self.generator.generate_prepared([item.prepared for item in batch], sink)
-            except Exception as exc:  # the generator turns request faults into error results: this is a bug
-                log.exception("a batch of %d failed", len(batch))
-                results = [GenerationResult.failed(item.prepared.request_id, f"internal error: {exc}")
-                           for item in batch]
-            for item, result in zip(batch, results):
-                item.reply_to.post(result)
-            self._running = {}
 
     def _route(self, delta: StreamDelta) -> None:
         channel = self._running.get(delta.request_id)

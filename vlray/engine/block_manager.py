@@ -45,7 +45,6 @@ class BlockManager:
         self.blocks = {i: Block(i) for i in block_ids}
         self.free: OrderedDict[int, None] = OrderedDict((i, None) for i in self.blocks)  # front = reuse first
         self.cached: dict[bytes, int] = {}  # key -> block id
-        self.num_hit_tokens = 0  # prompt tokens served from the cache, over the manager's life
 
     @property
     def num_blocks(self) -> int:
@@ -98,7 +97,6 @@ class BlockManager:
         seq.num_keyed_blocks = len(hits)
         seq.num_cached_tokens = len(hits) * self.block_size
         seq.num_computed_tokens = seq.num_cached_tokens
-        self.num_hit_tokens += seq.num_cached_tokens
 
     # -- decoding ---------------------------------------------------------------------------------------------
 

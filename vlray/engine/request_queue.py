@@ -1,5 +1,5 @@
-"""A bounded, thread-safe FIFO of prepared requests that hands out the next model batch: the oldest request and
-the requests that batch best with it (same kind, like length, within the token budget). Plain Python."""
+"""A bounded, thread-safe FIFO of prepared requests between their callers and the generation thread, which
+takes the oldest ones as its backend has room (the backend batches them as it sees fit). Plain Python."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from vlray.engine.bucketing import BatchItem, plan_batches
 from vlray.inputs.prepared_request import PreparedRequest
 
 
@@ -25,24 +24,21 @@ class QueueFullError(RuntimeError):
 
 @dataclass(eq=False)
 class QueuedRequest:
-    """A prepared request waiting for a batch, with whatever its caller needs to get the answer back."""
+    """A prepared request waiting for the generation thread, with whatever its caller needs to get the answer
+    back."""
 
     prepared: PreparedRequest
     reply_to: Any = None
 
 
 class RequestQueue:
-    """Bounded FIFO; `take_batch` blocks until there is work and returns one model batch of it."""
+    """Bounded FIFO between callers and the generation thread; `take` hands out the oldest waiting requests."""
 
-    def __init__(self, max_queued: int, max_batch_tokens: int, max_batch_size: int,
-                 retry_after_s: float = 1.0, bucket: bool = True) -> None:
-        """bucket=False: batches are cut from the queue in arrival order, kinds and lengths mixed (the baseline
-        the batch job's --no-bucketing measures); True groups waiting requests by kind and prompt length."""
+    def __init__(self, max_queued: int, max_batch_size: int, retry_after_s: float = 1.0) -> None:
+        """max_batch_size: a full batch, which ends take's wait for more."""
         if max_queued < 1:
             raise ValueError(f"max_queued={max_queued} must be at least 1")
         self.max_queued = max_queued
-        self.max_batch_tokens = max_batch_tokens
-        self.bucket = bucket
         self.max_batch_size = max_batch_size
         self.retry_after_s = retry_after_s
         self._pending: deque[QueuedRequest] = deque()
@@ -53,18 +49,19 @@ class RequestQueue:
         with self._changed:
             return len(self._pending)
 
-    def put(self, item: QueuedRequest) -> None:
-        """Queue one request; QueueFullError when max_queued are already waiting."""
+    def put(self, item: QueuedRequest, num_waiting_elsewhere: int = 0) -> None:
+        """Queue one request; QueueFullError when max_queued are already waiting, here or (the count given)
+        in the engine that takes from this queue."""
         with self._changed:
             if self._is_closed:
                 raise RuntimeError("the request queue is closed")
-            if len(self._pending) >= self.max_queued:
+            if len(self._pending) + num_waiting_elsewhere >= self.max_queued:
                 raise QueueFullError(self.max_queued, self.retry_after_s)
             self._pending.append(item)
             self._changed.notify_all()
 
     def cancel(self, item: QueuedRequest) -> bool:
-        """Drop a request that is still waiting; False if a batch already took it."""
+        """Drop a request that is still waiting; False if it was already taken."""
         with self._changed:
             try:
                 self._pending.remove(item)
@@ -72,49 +69,29 @@ class RequestQueue:
             except ValueError:
                 return False
 
-    def take_batch(self, wait_s: float = 0.0) -> list[QueuedRequest] | None:
-        """The next batch, in arrival order; None once closed.
+    def take(self, max_items: int, block: bool, wait_s: float = 0.0) -> list[QueuedRequest] | None:
+        """Up to max_items waiting requests, oldest first; None once closed.
 
-        Blocks until a request is there, then waits up to wait_s for more to arrive (requests sent together
-        rarely land in the same instant) unless a full batch is already waiting."""
-        with self._changed:
-            while not self._pending and not self._is_closed:
-                self._changed.wait()
-            deadline = time.monotonic() + wait_s
-            while not self._is_closed and len(self._pending) < self.max_batch_size:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._changed.wait(remaining)
-            if self._is_closed:
-                return None
-            return self._pop_next_batch()
-
-    def take_available(self, max_items: int, block: bool) -> list[QueuedRequest] | None:
-        """Up to max_items waiting requests, oldest first (a continuous engine takes them at every step);
-        with block, waits until there is one. None once closed."""
+        block: wait until there is one; then wait up to wait_s for more to arrive (requests sent together
+        rarely land in the same instant) unless a full batch, or max_items, is already waiting."""
         with self._changed:
             while block and not self._pending and not self._is_closed:
                 self._changed.wait()
+            if self._pending and wait_s > 0:
+                deadline = time.monotonic() + wait_s
+                while not self._is_closed and len(self._pending) < min(max_items, self.max_batch_size):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._changed.wait(remaining)
             if self._is_closed:
                 return None
-            taken = [self._pending.popleft() for _ in range(min(max_items, len(self._pending)))]
-            return taken
+            return [self._pending.popleft() for _ in range(min(max_items, len(self._pending)))]
 
     def close(self) -> list[QueuedRequest]:
-        """Stop handing out batches; returns the requests that were still waiting."""
+        """Stop handing out requests; returns the requests that were still waiting."""
         with self._changed:
             self._is_closed = True
             left, self._pending = list(self._pending), deque()
             self._changed.notify_all()
             return left
-
-    def _pop_next_batch(self) -> list[QueuedRequest]:
-        items = [BatchItem(i, q.prepared.kind, q.prepared.num_prompt_tokens, q.prepared.sampling.max_tokens)
-                 for i, q in enumerate(self._pending)]
-        # The batch that holds the oldest request, so that none waits forever behind better-fitting newcomers.
-        batches = plan_batches(items, self.max_batch_tokens, self.max_batch_size, self.bucket)
-        chosen = {item.index for item in next(b for b in batches if any(item.index == 0 for item in b))}
-        taken = [q for i, q in enumerate(self._pending) if i in chosen]
-        self._pending = deque(q for i, q in enumerate(self._pending) if i not in chosen)
-        return taken

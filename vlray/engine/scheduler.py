@@ -17,8 +17,8 @@ from vlray.engine.sequence import Sequence, SequenceStatus
 
 
 @dataclass
-class ScheduledStep:
-    """What one engine step runs."""
+class SchedulerOutput:
+    """What one engine step runs: the boundary from the scheduler to the model runner (vLLM's SchedulerOutput)."""
 
     prefills: list[Sequence] = field(default_factory=list)
     decodes: list[Sequence] = field(default_factory=list)
@@ -27,10 +27,6 @@ class ScheduledStep:
     @property
     def is_empty(self) -> bool:
         return not self.prefills and not self.decodes
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.decodes) + sum(len(s) - s.num_cached_tokens for s in self.prefills)
 
 
 class Scheduler:
@@ -44,7 +40,6 @@ class Scheduler:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
-        self.num_preemptions = 0
 
     def fits_at_all(self, seq: Sequence) -> bool:
         """Whether the cache could ever hold seq to its last token (else it would wait forever)."""
@@ -60,8 +55,8 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def schedule(self) -> ScheduledStep:
-        step = ScheduledStep()
+    def schedule(self) -> SchedulerOutput:
+        step = SchedulerOutput()
         manager = self.block_manager
         candidates = list(self.running)
         while candidates:
@@ -106,6 +101,4 @@ class Scheduler:
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.deallocate(seq)
         seq.status = SequenceStatus.WAITING
-        seq.num_preemptions += 1
-        self.num_preemptions += 1
         self.waiting.appendleft(seq)

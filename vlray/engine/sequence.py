@@ -41,7 +41,6 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0  # of the last admission: tokens whose K/V came from the prefix cache
     num_computed_tokens: int = 0
-    num_preemptions: int = 0
     num_keyed_blocks: int = 0  # leading blocks of block_table registered in the prefix cache (BlockManager)
 
     @property

@@ -1,7 +1,7 @@
 """The engine's streaming interface: each request's output as text deltas, made while it is generated.
 
-An engine (static batches through transformers generate today, a continuous-batching step loop later) feeds
-each request's new token ids to that request's RequestStream and hands every delta it returns to a DeltaSink.
+A backend (the continuous engine at every step, or the static path's streamer while generate runs) feeds each
+request's new token ids to that request's RequestStream and hands every delta it returns to a DeltaSink.
 RequestStream owns what makes streaming correct, whatever the engine:
 - it releases text only up to a whole character (IncrementalDetokenizer);
 - it holds back text that could be the start of one of the request's stop strings, and ends the request when

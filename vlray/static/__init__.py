@@ -1,1 +1,2 @@
-"""The static path: bucketed batches through transformers `generate`, the reference the engine is checked against."""
+"""The static path: bucketed batches through transformers `generate` behind the engine's step interface, the
+reference the engine is checked against."""

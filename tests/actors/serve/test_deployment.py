@@ -17,7 +17,7 @@ import pytest
 
 from actors.serve.deployment import run_local
 from vlray.serving.server_config import ServerConfig
-from vlray.static.static_engine import BatchGenerator
+from vlray.llm import LLM
 from vlray.testing.sample_images import make_image, make_sample_images
 
 MODEL = "tiny-vl"
@@ -60,14 +60,14 @@ def client(base_url):
 
 
 @pytest.fixture(scope="module")
-def generator(tiny_loaded, tiny_config):
+def llm(tiny_loaded, tiny_config):
     """The engine in this process, for the answers the server must give."""
-    return BatchGenerator(tiny_loaded, tiny_config)
+    return LLM(tiny_config.with_updates(backend="hf"), loaded=tiny_loaded)
 
 
 @pytest.fixture(scope="module")
-def local(generator):
-    return lambda messages, **sampling: generator.generate([{"id": "x", "messages": messages, **sampling}])[0]
+def local(llm):
+    return lambda messages, **sampling: llm.generate([{"id": "x", "messages": messages, **sampling}])[0]
 
 
 def _check_same(response, expected):
@@ -125,13 +125,13 @@ def test_streaming_equals_non_streaming(client, messages, extra):
         assert len({c.id for c in chunks}) == 1
 
 
-def test_16_concurrent_requests_are_all_answered(client, generator):
+def test_16_concurrent_requests_are_all_answered(client, llm):
     conversations = [[{"role": "user", "content": f"Question {i}: what is {i} plus {i}?"}] if i % 2 else
                      [_image_message(f"Picture {i}?", _data_url(64 + 16 * i, 64, i))] for i in range(16)]
     with ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(lambda m: client.chat.completions.create(model=MODEL, messages=m), conversations))
     # Batched greedy output equals one-at-a-time output (test_batch_generator), so one local batch will do.
-    expected = generator.generate([{"id": str(i), "messages": m} for i, m in enumerate(conversations)])
+    expected = llm.generate([{"id": str(i), "messages": m} for i, m in enumerate(conversations)])
     for response, result in zip(responses, expected):
         _check_same(response, result)
 

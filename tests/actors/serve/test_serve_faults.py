@@ -14,7 +14,7 @@ from ray import serve
 
 from actors.serve.deployment import run_local
 from vlray.serving.server_config import ServerConfig
-from vlray.static.static_engine import BatchGenerator
+from vlray.llm import LLM
 
 MODEL, APP = "tiny-vl-faults", "vlray-faults"  # names of their own: metrics are filtered by model
 LONG = [{"role": "user", "content": "Tell a very long story about a lighthouse."}]
@@ -76,7 +76,7 @@ def test_replicas_publish_metrics(client):
 
 
 def test_killed_replica_is_replaced_and_later_requests_succeed(client, tiny_loaded, tiny_config):
-    expected = BatchGenerator(tiny_loaded, tiny_config).generate(
+    expected = LLM(tiny_config.with_updates(backend="hf"), loaded=tiny_loaded).generate(
         [{"id": "x", "messages": LONG, "max_tokens": LONG_TOKENS}])[0]
     assert client.chat.completions.create(model=MODEL, messages=LONG, max_tokens=2).choices[0].finish_reason
     before = _replica_names()

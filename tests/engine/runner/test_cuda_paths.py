@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from vlray.engine.continuous_engine import ContinuousBatchingEngine
 from vlray.engine.runner.cuda_graphs import CudaGraphDecoder
 from vlray.engine.runner.pixel_prefetcher import PixelPrefetcher
+from vlray.llm import LLM
 from vlray.model.loader import load_model
 from vlray.testing.reference import reference_generate
 
@@ -20,11 +20,12 @@ def gpu_loaded(tiny_config):
 
 
 def test_cuda_graph_replay_equals_eager_decode(gpu_loaded, tiny_config):
-    engine = ContinuousBatchingEngine(gpu_loaded, tiny_config.with_updates(device_profile="modern", dtype="float32",
-                                                                           cuda_graphs=False, kv_cache_bytes=16 << 20))
-    eager = engine.decode
-    graphed = CudaGraphDecoder(eager, 8, 16, engine.device)
-    device = engine.device
+    config = tiny_config.with_updates(device_profile="modern", dtype="float32", cuda_graphs=False,
+                                      kv_cache_bytes=16 << 20)
+    runner = LLM(config, loaded=gpu_loaded).backend.runner
+    eager = runner.decode
+    graphed = CudaGraphDecoder(eager, 8, 16, runner.device)
+    device = runner.device
     for rows, blocks in [(1, 1), (3, 5), (8, 16)]:
         tables = torch.arange(1, 1 + rows * blocks, device=device).view(rows, blocks)
         inputs = (torch.randint(0, 500, (rows,), device=device), torch.full((rows,), blocks * 16 - 1, device=device),
@@ -45,7 +46,7 @@ def test_pinned_prefetch_delivers_the_same_pixels():
 
 def test_engine_on_gpu_equals_plain_generate(gpu_loaded, tiny_config, sample_images):
     config = tiny_config.with_updates(device_profile="modern", dtype="float32", kv_cache_bytes=64 << 20)
-    engine = ContinuousBatchingEngine(gpu_loaded, config)
+    engine = LLM(config, loaded=gpu_loaded)
     requests = [{"id": "img", "prompt": "What is it?", "images": [str(sample_images[1])], "max_tokens": 16},
                 {"id": "txt", "prompt": "Hello there", "max_tokens": 24}]
     for request, result in zip(requests, engine.generate(requests)):

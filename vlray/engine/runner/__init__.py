@@ -1,1 +1,2 @@
-"""The model runner: the device side of the engine (prefill, decode, CUDA graphs, pixel prefetch)."""
+"""The model runner: the device side of the engine (model_runner.py over prefill, decode, CUDA graphs, pixel
+prefetch)."""

@@ -1,4 +1,4 @@
-"""BatchGenerator: batched greedy output equals plain transformers generate, one request at a time, token for
+"""The static batcher: batched greedy output equals plain transformers generate, one request at a time, token for
 token; bad requests fail alone; per-request sampling, stop strings and max_tokens hold inside batches."""
 
 import base64
@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from vlray.static.static_engine import BatchGenerator
+from vlray.llm import LLM
 from vlray.testing.reference import reference_generate
 from vlray.testing.sample_images import make_image
 
@@ -46,8 +46,8 @@ def mixed_requests(sample_images):
 
 def test_batched_equals_one_at_a_time(tiny_loaded, tiny_config, mixed_requests):
     # A budget that forces several multi-row batches.
-    generator = BatchGenerator(tiny_loaded, tiny_config.with_updates(max_batch_tokens=1500, max_batch_size=4))
-    results = generator.generate(mixed_requests)
+    llm = LLM(tiny_config.with_updates(backend="hf", max_batch_tokens=1500, max_batch_size=4), loaded=tiny_loaded)
+    results = llm.generate(mixed_requests)
     assert [r.id for r in results] == [r["id"] for r in mixed_requests]
     for request, result in zip(mixed_requests, results):
         assert result.ok, result.error
@@ -55,7 +55,7 @@ def test_batched_equals_one_at_a_time(tiny_loaded, tiny_config, mixed_requests):
         assert result.token_ids == expected, request["id"]
         assert result.num_generated_tokens == len(expected)
         assert result.text == tiny_loaded.tokenizer.decode(expected, skip_special_tokens=True)
-    stats = generator.stats
+    stats = llm.stats
     assert 2 <= stats.num_batches < len(mixed_requests)  # really batched, in more than one batch
     assert stats.num_ok == len(mixed_requests)
     assert 0 < stats.padding_fraction < 1
@@ -63,8 +63,8 @@ def test_batched_equals_one_at_a_time(tiny_loaded, tiny_config, mixed_requests):
 
 def test_bucketing_lowers_padding(tiny_loaded, tiny_config, mixed_requests):
     config = tiny_config.with_updates(max_batch_tokens=3000, max_batch_size=4)
-    bucketed = BatchGenerator(tiny_loaded, config, bucket=True)
-    in_order = BatchGenerator(tiny_loaded, config, bucket=False)
+    bucketed = LLM(config.with_updates(backend="hf", bucket_static_batches=True), loaded=tiny_loaded)
+    in_order = LLM(config.with_updates(backend="hf", bucket_static_batches=False), loaded=tiny_loaded)
     first, second = bucketed.generate(mixed_requests), in_order.generate(mixed_requests)
     assert [r.token_ids for r in first] == [r.token_ids for r in second]
     assert bucketed.stats.padding_fraction < in_order.stats.padding_fraction
@@ -88,27 +88,27 @@ def test_each_bad_input_fails_alone(tiny_loaded, tiny_config, sample_images, tmp
         ({"prompt": "who am I"}, "missing_id", "id: Field required"),
     ]
     requests = [good[0]] + [b[0] for b in bad] + [good[1]]
-    generator = BatchGenerator(tiny_loaded, tiny_config)
-    results = generator.generate(requests)
+    llm = LLM(tiny_config.with_updates(backend="hf"), loaded=tiny_loaded)
+    results = llm.generate(requests)
     for (request, kind, fragment), result in zip(bad, results[1:-1]):
         assert result.finish_reason == "error"
         assert result.error_kind == kind, result.error
         assert fragment in result.error
         assert result.id == request.get("id")
-    alone = BatchGenerator(tiny_loaded, tiny_config).generate(good)
+    alone = LLM(tiny_config.with_updates(backend="hf"), loaded=tiny_loaded).generate(good)
     assert [r.token_ids for r in (results[0], results[-1])] == [r.token_ids for r in alone]
     assert all(r.ok for r in alone)
-    assert generator.stats.num_failed == len(bad)
-    assert generator.stats.errors_by_kind["unsupported_image"] == 2
+    assert llm.stats.num_failed == len(bad)
+    assert llm.stats.errors_by_kind["unsupported_image"] == 2
 
 
 def test_large_photo_is_capped_by_max_pixels(tiny_loaded, tiny_config):
-    generator = BatchGenerator(tiny_loaded, tiny_config)
-    prepared = generator.preprocessor.prepare({"id": "photo", "prompt": "Hi", "images": [make_image(4000, 3000, 1)]})
+    llm = LLM(tiny_config.with_updates(backend="hf"), loaded=tiny_loaded)
+    prepared = llm.preprocessor.prepare({"id": "photo", "prompt": "Hi", "images": [make_image(4000, 3000, 1)]})
     visual_tokens = int(prepared.image_grid_thw.prod()) // 4
     assert visual_tokens <= tiny_config.max_pixels // (32 * 32)
     assert visual_tokens > 900  # resized down, not thrown away
-    [result] = generator.generate_prepared([prepared])
+    [result] = llm.generate_prepared([prepared])
     assert result.ok
 
 
@@ -116,23 +116,23 @@ def test_sampling_is_per_request_and_seeded(tiny_loaded, tiny_config):
     sampled = {"id": "s", "prompt": "Tell me a story.", "temperature": 1.0, "top_p": 0.9, "seed": 42,
                "max_tokens": 16}
     others = [{"id": f"o{i}", "prompt": "Hello " * (i + 1)} for i in range(3)]
-    generator = BatchGenerator(tiny_loaded, tiny_config)
-    alone = generator.generate([sampled])[0]
-    in_batch = generator.generate(others + [sampled])[-1]
+    llm = LLM(tiny_config.with_updates(backend="hf"), loaded=tiny_loaded)
+    alone = llm.generate([sampled])[0]
+    in_batch = llm.generate(others + [sampled])[-1]
     assert alone.token_ids == in_batch.token_ids
-    other_seed = generator.generate([{**sampled, "seed": 43}])[0]
+    other_seed = llm.generate([{**sampled, "seed": 43}])[0]
     assert other_seed.token_ids != alone.token_ids
-    greedy = generator.generate(others)
-    assert [r.token_ids for r in greedy] == [r.token_ids for r in generator.generate(others + [sampled])[:3]]
+    greedy = llm.generate(others)
+    assert [r.token_ids for r in greedy] == [r.token_ids for r in llm.generate(others + [sampled])[:3]]
 
 
 def test_stop_strings_and_max_tokens_per_row(tiny_loaded, tiny_config):
-    generator = BatchGenerator(tiny_loaded, tiny_config)
+    llm = LLM(tiny_config.with_updates(backend="hf"), loaded=tiny_loaded)
     base = {"id": "a", "prompt": "Describe the scene.", "max_tokens": 20}
-    full = generator.generate([base])[0]
+    full = llm.generate([base])[0]
     stop = full.text[len(full.text) // 2: len(full.text) // 2 + 2]
     assert stop and stop in full.text
-    stopped, short = generator.generate([{**base, "stop": [stop]}, {**base, "id": "b", "max_tokens": 3}])
+    stopped, short = llm.generate([{**base, "stop": [stop]}, {**base, "id": "b", "max_tokens": 3}])
     assert stopped.finish_reason == "stop"
     assert stopped.text == full.text[: full.text.index(stop)]
     assert stopped.token_ids == full.token_ids[: len(stopped.token_ids)]
@@ -141,17 +141,17 @@ def test_stop_strings_and_max_tokens_per_row(tiny_loaded, tiny_config):
 
 def test_a_failing_batch_is_retried_row_by_row(tiny_loaded, tiny_config, monkeypatch):
     requests = [{"id": str(i), "prompt": f"Question number {i}?"} for i in range(4)]
-    expected = BatchGenerator(tiny_loaded, tiny_config).generate(requests)
-    generator = BatchGenerator(tiny_loaded, tiny_config)
-    real = generator.runner.generate
+    expected = LLM(tiny_config.with_updates(backend="hf"), loaded=tiny_loaded).generate(requests)
+    llm = LLM(tiny_config.with_updates(backend="hf"), loaded=tiny_loaded)
+    real = llm.backend.runner.generate
 
     def flaky(batch, batch_requests, sink=None):
         if len(batch_requests) > 1 or batch_requests[0].request_id == "2":
             raise RuntimeError("CUDA out of memory (simulated)")
         return real(batch, batch_requests, sink=sink)
 
-    monkeypatch.setattr(generator.runner, "generate", flaky)
-    results = generator.generate(requests)
+    monkeypatch.setattr(llm.backend.runner, "generate", flaky)
+    results = llm.generate(requests)
     assert [r.token_ids for i, r in enumerate(results) if i != 2] == [r.token_ids for i, r in enumerate(expected)
                                                                        if i != 2]
     assert results[2].finish_reason == "error" and "out of memory" in results[2].error

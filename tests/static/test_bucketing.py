@@ -2,7 +2,7 @@
 
 import pytest
 
-from vlray.engine.bucketing import BatchItem, batch_cost, padding_tokens, plan_batches
+from vlray.static.bucketing import BatchItem, batch_cost, plan_batches
 
 
 def _ids(batches):
@@ -41,6 +41,11 @@ def test_input_order_baseline_mixes_kinds():
     assert _ids(plan_batches(ITEMS, 10_000, 8, bucket=False)) == [[0, 1, 2, 3, 4, 5]]
     # [0,1] costs 2*(300+10)=620; adding 2 would cost 930 > 700. [2,3,4,5] costs 4*(110+10)=480.
     assert _ids(plan_batches(ITEMS, 700, 8, bucket=False)) == [[0, 1], [2, 3, 4, 5]]
+
+
+def padding_tokens(items):
+    """Pad tokens left padding adds to a batch's prompts."""
+    return sum(max(i.num_prompt_tokens for i in items) - i.num_prompt_tokens for i in items)
 
 
 def test_cost_and_padding():

@@ -27,14 +27,6 @@ def batch_cost(items: Sequence[BatchItem]) -> int:
     return len(items) * (max(i.num_prompt_tokens for i in items) + max(i.max_new_tokens for i in items))
 
 
-def padding_tokens(items: Sequence[BatchItem]) -> int:
-    """Pad tokens left padding adds to the prompts of this batch."""
-    if not items:
-        return 0
-    longest = max(i.num_prompt_tokens for i in items)
-    return sum(longest - i.num_prompt_tokens for i in items)
-
-
 def plan_batches(items: Sequence[BatchItem], max_batch_tokens: int, max_batch_size: int,
                  bucket: bool = True) -> list[list[BatchItem]]:
     """Cut items into batches within the budget.
