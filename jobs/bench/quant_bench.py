@@ -92,10 +92,10 @@ def measure_variant(variant: str, settings: dict[str, Any]) -> dict[str, Any]:
                           kv_cache_bytes=9 * CONTEXT_TOKENS * _kv_bytes_per_token(loaded), cuda_graphs=False)
     engine = ContinuousBatchingEngine(loaded, config)
     steps = settings["decode_steps"] or (12 if settings["size"] == "2b" else 32)
-    decoders = [("eager", engine.decode)]
+    decoders = [("eager", engine.runner.decode)]
     if device.type == "cuda" and settings["cuda_graphs"]:
         blocks = CONTEXT_TOKENS // engine.kv_cache.block_size
-        decoders.append(("graphs", CudaGraphDecoder(engine.decode, 8, blocks, device)))
+        decoders.append(("graphs", CudaGraphDecoder(engine.runner.decode, 8, blocks, device)))
     for rows in (1, 8):
         inputs = _decode_inputs(rows, engine.kv_cache.block_size, device, vocab)
         for label, decode in decoders:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from vlray.engine.continuous_engine import ContinuousBatchingEngine
+from vlray.llm import LLM
 from vlray.model.loader import load_model
 from vlray.testing.reference import reference_generate
 from vlray.model.quantization import Int4PackedLinear, Int8DynamicLinear
@@ -30,7 +30,7 @@ def test_engine_equals_generate_on_the_quantized_model(tiny_config, workload, me
     layer = loaded.model.model.language_model.layers[0]
     assert isinstance(layer.self_attn.q_proj, kind) and isinstance(loaded.model.lm_head, kind)
     expected = {r["id"]: reference_generate(loaded, r, 12) for r in workload}
-    engine = ContinuousBatchingEngine(loaded, config.with_updates(kv_cache_bytes=16 << 20, max_batch_size=3))
+    engine = LLM(config.with_updates(backend="engine", kv_cache_bytes=16 << 20, max_batch_size=3), loaded=loaded)
     for request, result in zip(workload, engine.generate(workload)):
         assert result.ok, result.error
         assert result.token_ids == expected[request["id"]], request["id"]
@@ -44,7 +44,7 @@ def test_nf4_engine_equals_generate_on_cuda(tiny_config, workload, cuda_graphs) 
     loaded = load_model(config)
     assert type(loaded.model.lm_head).__name__ == "Linear4bit"
     expected = {r["id"]: reference_generate(loaded, r, 12) for r in workload}
-    engine = ContinuousBatchingEngine(loaded, config.with_updates(kv_cache_bytes=16 << 20, max_batch_size=3))
+    engine = LLM(config.with_updates(backend="engine", kv_cache_bytes=16 << 20, max_batch_size=3), loaded=loaded)
     for request, result in zip(workload, engine.generate(workload)):
         assert result.ok, result.error
         assert result.token_ids == expected[request["id"]], request["id"]
