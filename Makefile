@@ -16,7 +16,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m jobs.bench generate
+
+# On a lent GPU only: the CUDA tests, then fp16 vs NF4 decode with and without CUDA graphs, sm61 settings forced.
+gpu-check: setup
+	$(BIN)/pip install --quiet -e '.[cuda,test]'
+	timeout 480 $(BIN)/python -m jobs.gpu_check
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache

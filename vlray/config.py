@@ -17,6 +17,8 @@ import platformdirs
 DeviceProfileName = Literal["auto", "cpu", "sm61", "modern"]
 BackendName = Literal["engine", "hf"]
 DTypeName = Literal["float32", "float16", "bfloat16"]
+QuantizationName = Literal["none", "int8", "int4"]
+VisionQuantizationName = Literal["none", "int8"]
 
 # 1024x1024 pixels is 1024 visual tokens (32x32 pixels per token after the 2x2 merge): a 4000x3000 photo is
 # resized to about 1184x896 instead of costing 11,700 tokens and gigabytes of activations.
@@ -57,6 +59,11 @@ class EngineConfig:
     """Override of the profile's dtype (for example bfloat16 on a CPU with AVX512-BF16)."""
     device_index: int = 0
     """Which GPU of the machine (or of those Ray gave the worker) the model goes on."""
+    quantization: QuantizationName = "none"
+    """The text decoder's linear layers and the LM head: `int8` (CPU: fbgemm int8 x int8; CUDA sm75+: LLM.int8)
+    or `int4` (CPU: PyTorch's int4 kernel, bf16 activations; CUDA, Pascal included: bitsandbytes NF4)."""
+    vision_quantization: VisionQuantizationName = "none"
+    """The vision tower's linear layers: `int8` on the CPU (fbgemm), where prefill of images is compute-bound."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Cap on an image's pixels after resizing (the model's own setting applies when lower)."""
     min_pixels: int | None = None
@@ -119,6 +126,10 @@ class EngineConfig:
             raise ValueError(f"device_profile={self.device_profile!r}: use one of auto, cpu, sm61, modern.")
         if self.dtype not in (None, "float32", "float16", "bfloat16"):
             raise ValueError(f"dtype={self.dtype!r}: use float32, float16 or bfloat16 (or leave it unset).")
+        if self.quantization not in ("none", "int8", "int4"):
+            raise ValueError(f"quantization={self.quantization!r}: use none, int8 or int4.")
+        if self.vision_quantization not in ("none", "int8"):
+            raise ValueError(f"vision_quantization={self.vision_quantization!r}: use none or int8.")
         _require_positive("max_pixels", self.max_pixels)
         _require_positive("max_input_pixels", self.max_input_pixels)
         _require_positive("max_images_per_request", self.max_images_per_request)

@@ -10,7 +10,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on 127.0.0.1
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from jobs.bench import batch_bench, cache_bench, cluster_bench, engine_bench, generate_bench, serve_bench  # noqa: E402
+from jobs.bench import (  # noqa: E402
+    batch_bench, cache_bench, cluster_bench, engine_bench, generate_bench, quant_bench, quant_quality, serve_bench)
 
 BENCHMARKS = {
     "generate": (generate_bench, "batched generation vs plain generate one request at a time"),
@@ -19,6 +20,8 @@ BENCHMARKS = {
     "serve": (serve_bench, "the OpenAI server: 1, 4, 16 concurrent clients; 16 concurrent vs 16 sequential"),
     "cache": (cache_bench, "4 questions per image with the caches on vs off; weights-cache cold start"),
     "cluster": (cluster_bench, "the batch job on one and on two simulated model nodes"),
+    "quant-quality": (quant_quality, "int8 / int4 against fp32: per-layer cosine and KL, tiny-model greedy tokens"),
+    "quant": (quant_bench, "fp32 / int8 / int4 on CPU (fp16 / NF4 on CUDA): prompt and decode tok/s, peak memory"),
 }
 
 

@@ -22,7 +22,7 @@ from transformers import PreTrainedModel
 def keep_residual_in_fp32(model: PreTrainedModel) -> None:
     """Make the text decoder's residual stream fp32 (a no-op unless the text weights are fp16)."""
     text = model.model.language_model
-    if text.embed_tokens.weight.dtype != torch.float16:
+    if text.norm.weight.dtype != torch.float16:  # (embeddings and head may be quantised)
         return
     for layer in text.layers:
         layer.forward = MethodType(_decoder_layer_forward, layer)

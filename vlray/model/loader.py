@@ -16,6 +16,8 @@ from vlray.config import EngineConfig
 from vlray.inputs.preprocessor import RequestPreprocessor
 from vlray.model.device_profile import DeviceProfile, detect_profile
 from vlray.model.fp16_residual import keep_residual_in_fp32
+from vlray.model.plan_command import log_device_plan
+from vlray.model.quantization.quantized_loading import load_quantized
 from vlray.model.source import model_fingerprint, resolve_model_dir
 from vlray.model.weights_cache import load_pretrained, load_with_weights_cache
 
@@ -95,7 +97,10 @@ def load_model(config: EngineConfig, profile: DeviceProfile | None = None) -> Lo
     hf_logging.disable_progress_bar()
     log.info("loading %s on %s", model_dir, profile.describe())
     fingerprint = model_fingerprint(model_dir)
-    if config.uses_weights_cache:
+    log_device_plan(model_dir, profile, config.quantization, config.max_pixels, log)
+    if config.quantization != "none" or config.vision_quantization != "none":
+        model = load_quantized(model_dir, profile, config.quantization, config.vision_quantization)
+    elif config.uses_weights_cache:
         model, how = load_with_weights_cache(model_dir, profile, config.resolved_cache_dir(), fingerprint)
         log.info("weights %s", how)
     else:

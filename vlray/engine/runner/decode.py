@@ -33,7 +33,7 @@ class DecodeRunner:
         self.rotary_emb = text.rotary_emb
         self.lm_head = model.lm_head
         self.kv_cache = kv_cache
-        self.dtype = self.lm_head.weight.dtype
+        self.dtype = self.norm.weight.dtype  # (the head may be quantised: it has no float weight then)
         self.residual_dtype = torch.float32 if self.dtype == torch.float16 else self.dtype
         config = model.config.text_config
         self.num_heads = config.num_attention_heads

@@ -1,0 +1,183 @@
+"""Swap a Qwen3-VL model's linear layers for quantised ones, in place: the text decoder's projections and the LM
+head (`quantization`), and the vision tower's linears (`vision_quantization`), each with the kernel that runs on
+the layer's device (README, "Quantisation", says why each was chosen).
+
+| method | CPU (x86: AVX2, AVX-512, AMX)                         | CUDA                              |
+| ------ | ----------------------------------------------------- | --------------------------------- |
+| int8   | fbgemm int8 weights x int8 dynamic activations        | bitsandbytes LLM.int8 (sm75+)     |
+| int4   | aten `_weight_int4pack_mm_for_cpu`, bf16 activations  | bitsandbytes NF4 (sm60+, Pascal)  |
+
+Qwen3-VL-2B ties the LM head to the embeddings: the head is quantised like any linear layer (it is read on every
+token), and on the CPU the lookup table becomes int8 rows of its own, so no fp32 copy of the 311 M parameters
+stays behind. Layers can be swapped one at a time from a `WeightSource` (a meta-device model, weights produced on
+demand), so the full-precision model never has to exist whole: peak memory stays near the quantised size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import get_args
+
+import torch
+from torch import nn
+
+from vlray.config import QuantizationName, VisionQuantizationName
+from vlray.model.quantization.int4_packed_linear import Int4PackedLinear, pick_group_size
+from vlray.model.quantization.int8_dynamic_linear import Int8DynamicLinear
+from vlray.model.quantization.int8_embedding import Int8Embedding
+from vlray.model.quantization.nf4_linear import compute_dtype_for, int8_from_linear, module_nbytes, nf4_from_linear
+
+QUANTIZATION_NAMES: tuple[str, ...] = get_args(QuantizationName)
+VISION_QUANTIZATION_NAMES: tuple[str, ...] = get_args(VisionQuantizationName)
+
+WeightSource = Callable[[str], torch.Tensor]
+"""Full parameter name (`model.language_model.layers.0.mlp.up_proj.weight`) -> that tensor, in any float dtype."""
+
+EMBEDDINGS = "model.language_model.embed_tokens"
+LM_HEAD = "lm_head"
+
+
+@dataclass
+class QuantizationSummary:
+    """What was swapped: layer counts and bytes before (fp32) and after, per part."""
+
+    method: str
+    vision: str
+    kernels: dict[str, str] = field(default_factory=dict)
+    num_layers: dict[str, int] = field(default_factory=dict)
+    bytes_before: int = 0
+    bytes_after: int = 0
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{part}: {self.num_layers[part]} layers via {self.kernels[part]}" for part in self.kernels)
+        saved = f"; {self.bytes_before / 2**30:.2f} GiB -> {self.bytes_after / 2**30:.2f} GiB" if parts else ""
+        return f"quantization={self.method}, vision={self.vision}: {parts or 'nothing quantised'}{saved}"
+
+
+def check_quantization(method: str, vision: str = "none") -> None:
+    """ValueError naming the choices when either setting is not one of them."""
+    if method not in QUANTIZATION_NAMES:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATION_NAMES)}; got {method!r}")
+    if vision not in VISION_QUANTIZATION_NAMES:
+        raise ValueError(f"vision_quantization must be one of {', '.join(VISION_QUANTIZATION_NAMES)}; got {vision!r}")
+
+
+def text_linear_names(model: nn.Module) -> list[str]:
+    """Every nn.Linear of the text decoder layers, then the LM head."""
+    layers = model.get_submodule("model.language_model.layers")
+    names = [f"model.language_model.layers.{name}" for name, module in layers.named_modules()
+             if isinstance(module, nn.Linear)]
+    return names + [LM_HEAD]
+
+
+def vision_linear_names(model: nn.Module) -> list[str]:
+    """Every nn.Linear of the vision tower (blocks, merger, DeepStack mergers)."""
+    return [f"model.visual.{name}" for name, module in model.get_submodule("model.visual").named_modules()
+            if isinstance(module, nn.Linear)]
+
+
+def is_tied(model: nn.Module) -> bool:
+    """Whether the LM head shares its weight with the embedding table."""
+    head, embed = model.get_submodule(LM_HEAD).weight, model.get_submodule(EMBEDDINGS).weight
+    return head is embed or (not head.is_meta and head.data_ptr() == embed.data_ptr()) or bool(
+        getattr(model.config, "tie_word_embeddings", False) and head.is_meta and embed.is_meta)
+
+
+def quantize_model(model: nn.Module, method: QuantizationName, vision: VisionQuantizationName = "none",
+                   capability: tuple[int, int] | None = None,
+                   weight_source: WeightSource | None = None) -> QuantizationSummary:
+    """Quantise in place; `capability` is the CUDA GPU's (None on the CPU); `weight_source` feeds layers that are
+    on the meta device. Returns what was done."""
+    check_quantization(method, vision)
+    summary = QuantizationSummary(method, vision)
+    if method == "none" and vision == "none":
+        return summary
+    source = weight_source or _own_weights(model)
+    if method != "none":
+        tied = is_tied(model)
+        names = text_linear_names(model)
+        head_source = _tied_source(source) if tied else source
+        for name in names:
+            _swap_linear(model, name, method, capability, head_source if name == LM_HEAD else source, summary, "text")
+        if capability is None:
+            _quantize_embeddings(model, source, summary)
+        _untie(model)
+    if vision != "none":
+        for name in vision_linear_names(model):
+            _swap_linear(model, name, vision, capability, source, summary, "vision")
+    return summary
+
+
+def _own_weights(model: nn.Module) -> WeightSource:
+    return lambda name: model.get_parameter(name)
+
+
+def _tied_source(source: WeightSource) -> WeightSource:
+    def read(name: str) -> torch.Tensor:
+        return source(f"{EMBEDDINGS}.weight" if name == f"{LM_HEAD}.weight" else name)
+    return read
+
+
+def _swap_linear(model: nn.Module, name: str, method: str, capability: tuple[int, int] | None,
+                 source: WeightSource, summary: QuantizationSummary, part: str) -> None:
+    linear = model.get_submodule(name)
+    if not isinstance(linear, nn.Linear):
+        return  # already swapped
+    dense = _dense(linear, name, source)
+    if capability is None:
+        if method == "int4" and pick_group_size(linear.in_features) is None:
+            return  # no int4 group divides K: this layer stays as it is
+        quantized = Int8DynamicLinear.from_linear(dense) if method == "int8" else Int4PackedLinear.from_linear(dense)
+        after, kernel = quantized.nbytes(), ("fbgemm int8 x int8-dynamic" if method == "int8"
+                                              else "aten int4pack (bf16 activations)")
+    else:
+        device = dense.weight.device if dense.weight.is_cuda else torch.device("cuda")
+        if method == "int4":
+            quantized = nf4_from_linear(dense, device, compute_dtype_for(capability))
+            kernel = f"bitsandbytes NF4 ({str(compute_dtype_for(capability)).removeprefix('torch.')} compute)"
+        else:
+            quantized, kernel = int8_from_linear(dense, device, capability), "bitsandbytes LLM.int8"
+        after = module_nbytes(quantized)
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, quantized)
+    summary.kernels[part] = kernel
+    summary.num_layers[part] = summary.num_layers.get(part, 0) + 1
+    summary.bytes_before += linear.in_features * linear.out_features * 4
+    summary.bytes_after += after
+
+
+def _dense(linear: nn.Linear, name: str, source: WeightSource) -> nn.Linear:
+    """The layer itself, or (on the meta device) a stand-in holding its weights from the source."""
+    if not linear.weight.is_meta:
+        return linear
+    dense = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+    dense.weight = nn.Parameter(source(f"{name}.weight"), requires_grad=False)
+    if linear.bias is not None:
+        dense.bias = nn.Parameter(source(f"{name}.bias"), requires_grad=False)
+    return dense
+
+
+def _quantize_embeddings(model: nn.Module, source: WeightSource, summary: QuantizationSummary) -> None:
+    """On the CPU the lookup table becomes int8 rows (the head no longer shares it)."""
+    embed = model.get_submodule(EMBEDDINGS)
+    if not isinstance(embed, nn.Embedding):
+        return
+    dtype = torch.float32 if embed.weight.is_meta else embed.weight.dtype
+    if embed.weight.is_meta:
+        table = nn.Embedding(embed.num_embeddings, embed.embedding_dim, embed.padding_idx, device="meta")
+        table.weight = nn.Parameter(source(f"{EMBEDDINGS}.weight"), requires_grad=False)
+        embed = table
+    quantized = Int8Embedding.from_embedding(embed, dtype)
+    model.get_submodule("model.language_model").embed_tokens = quantized
+    summary.kernels["embeddings"] = "int8 rows"
+    summary.num_layers["embeddings"] = 1
+    summary.bytes_before += embed.num_embeddings * embed.embedding_dim * 4
+    summary.bytes_after += quantized.nbytes()
+
+
+def _untie(model: nn.Module) -> None:
+    """The head has its own (quantised) weight now: keep transformers from tying the two again."""
+    for config in (model.config, getattr(model.config, "text_config", None)):
+        if config is not None and getattr(config, "tie_word_embeddings", False):
+            config.tie_word_embeddings = False
