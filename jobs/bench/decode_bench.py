@@ -8,8 +8,8 @@ import time
 import torch
 
 from vlray.config import EngineConfig
-from vlray.engine.continuous_engine import ContinuousBatchingEngine
 from vlray.engine.runner.cuda_graphs import CudaGraphDecoder
+from vlray.llm import LLM
 from vlray.model.loader import LoadedModel
 
 # Peak memory bandwidth, GB/s, by a substring of torch.cuda.get_device_name().
@@ -28,11 +28,11 @@ def card_bandwidth_gbs(name: str) -> float | None:
 
 def decode_figures(loaded: LoadedModel, config: EngineConfig) -> dict:
     """Time decode steps of fixed batches against a filled cache, eager and graphed."""
-    engine = ContinuousBatchingEngine(loaded, config.with_updates(max_batch_size=32, cuda_graphs=False))
+    engine = LLM(config.with_updates(backend="engine", max_batch_size=32, cuda_graphs=False), loaded=loaded).backend
     block_size = engine.kv_cache.block_size
     blocks_per_seq = CONTEXT_TOKENS // block_size
     device = engine.device
-    eager = engine.decode
+    eager = engine.runner.decode
     graphed = CudaGraphDecoder(eager, 32, blocks_per_seq, device)
     weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.model.language_model.parameters())
     weight_bytes += loaded.model.lm_head.weight.numel() * loaded.model.lm_head.weight.element_size()

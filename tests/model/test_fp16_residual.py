@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from vlray.config import EngineConfig
-from vlray.engine.continuous_engine import ContinuousBatchingEngine
+from vlray.llm import LLM
 from vlray.model.device_profile import select_profile
 from vlray.model.loader import load_model, load_processor, wrap_model
 from vlray.model.presets import build_model, load_preset_config
@@ -47,8 +47,8 @@ def test_engine_prefill_and_decode_stay_finite_in_fp16(tiny_model_dir):
                           default_max_tokens=6)
     loaded = load_model(config)
     _push_residual_past_fp16(loaded.model)
-    engine = ContinuousBatchingEngine(loaded, config)
-    prefill_logits, decode_logits = _spy(engine)
+    engine = LLM(config, loaded=loaded)
+    prefill_logits, decode_logits = _spy(engine.backend.runner)
     results = engine.generate([{"id": "img", "prompt": "Describe.", "images": [make_image(100, 80, 2)]},
                                {"id": "txt", "prompt": "Hello there"}])
     assert all(r.ok and len(r.token_ids) == 6 for r in results)
@@ -56,9 +56,9 @@ def test_engine_prefill_and_decode_stay_finite_in_fp16(tiny_model_dir):
     assert all(torch.isfinite(x).all() for x in prefill_logits + decode_logits)
 
 
-def _spy(engine):
+def _spy(runner):
     prefill_logits, decode_logits = [], []
-    run, decode = engine.prefill_runner.run, engine.decode
+    run, decode = runner.prefill_runner.run, runner.decode
 
     def prefill_spy(*args):
         result = run(*args)
@@ -70,7 +70,7 @@ def _spy(engine):
         decode_logits.append(logits)
         return logits
 
-    engine.prefill_runner.run, engine.decode = prefill_spy, decode_spy
+    runner.prefill_runner.run, runner.decode = prefill_spy, decode_spy
     return prefill_logits, decode_logits
 
 
@@ -88,8 +88,8 @@ def test_full_size_2b_config_in_fp16_has_no_inf_or_nan(tiny_model_dir):
     config = EngineConfig(model=str(tiny_model_dir), device_profile="cpu", dtype="float16", max_pixels=256 * 256,
                           kv_cache_bytes=64 << 20, default_max_tokens=3)
     loaded = wrap_model(model, processor, select_profile("cpu", None, dtype="float16"), config)
-    engine = ContinuousBatchingEngine(loaded, config)
-    prefill_logits, decode_logits = _spy(engine)
+    engine = LLM(config, loaded=loaded)
+    prefill_logits, decode_logits = _spy(engine.backend.runner)
     results = engine.generate([{"id": "img", "prompt": "Describe this.", "images": [make_image(128, 96, 1)]},
                                {"id": "txt", "prompt": "Hello there"}])
     assert all(r.ok and len(r.token_ids) == 3 for r in results)

@@ -141,14 +141,12 @@ def test_prepared_requests_without_hashes_are_keyed_by_their_patches(tiny_loaded
 
 
 def test_the_engine_uses_the_encoder_cache_too(tiny_loaded, tiny_config, four_questions, counter):
-    from vlray.engine.continuous_engine import ContinuousBatchingEngine
-
     # Prefix caching off, so only the encoder cache can spare the encoder.
     config = tiny_config.with_updates(kv_cache_bytes=32 << 20, enable_prefix_caching=False)
-    off = ContinuousBatchingEngine(tiny_loaded, config.with_updates(cache=False))
+    off = LLM(config.with_updates(backend="engine", cache=False), loaded=tiny_loaded)
     expected = [[r.token_ids for r in off.generate(round_)] for round_ in four_questions]
     counter.calls = counter.images = 0
-    on = ContinuousBatchingEngine(tiny_loaded, config, cache=memory_store())
+    on = LLM(config.with_updates(backend="engine"), loaded=tiny_loaded, cache=memory_store())
     assert [[r.token_ids for r in on.generate(round_)] for round_ in four_questions] == expected
     num_images = len(four_questions[0])
     assert counter.images == on.stats.num_images_encoded == num_images
