@@ -132,9 +132,16 @@ def test_static_batches_isolate_one_request_too(tiny_loaded, tiny_config, monkey
 def test_async_engine_survives_a_request_that_raises_and_a_failed_step(llm, clean, monkeypatch):
     server = AsyncEngine(llm.backend, llm.stats, llm.config.max_batch_size)
     prepared = [llm.preprocessor.prepare(r) for r in _requests()]
-    # A seed torch.Generator cannot take (the boundary clamps seeds; the engine must survive one anyway).
-    huge = dataclasses.replace(prepared[3], sampling=dataclasses.replace(prepared[3].sampling, seed=2**64))
-    real_step = llm.backend.step
+    # Adding a request raises (as torch.Generator.manual_seed did for seeds past 2**64 before the boundary
+    # reduced them): that request fails alone and the engine's thread lives on.
+    real_add, real_step = llm.backend.add, llm.backend.step
+
+    def add_failing_for_bad(request, *args, **kwargs):
+        if request.request_id == "bad-add":
+            raise RuntimeError("seed must be within the range of uint64 (injected)")
+        return real_add(request, *args, **kwargs)
+
+    bad_add = dataclasses.replace(prepared[3], request_id="bad-add")
     calls = {"n": 0}
 
     def step_failing_once(sink=None):
@@ -144,7 +151,9 @@ def test_async_engine_survives_a_request_that_raises_and_a_failed_step(llm, clea
         return real_step(sink)
 
     async def main():
-        assert (await server.generate(huge)).error_kind == "internal"
+        monkeypatch.setattr(llm.backend, "add", add_failing_for_bad)
+        assert (await server.generate(bad_add)).error_kind == "internal"
+        monkeypatch.setattr(llm.backend, "add", real_add)
         monkeypatch.setattr(llm.backend, "step", step_failing_once)
         failed = await server.generate(prepared[1])
         monkeypatch.setattr(llm.backend, "step", real_step)
