@@ -21,6 +21,7 @@ from rich.table import Table  # noqa: E402
 
 from actors.inference_pipeline import InferencePipeline  # noqa: E402
 from vlray.config import EngineConfig  # noqa: E402
+from vlray.config_fields import HelpFormatter  # noqa: E402
 from vlray.testing.sample_images import make_sample_images  # noqa: E402
 from vlray.testing.tiny_model import build_tiny_model  # noqa: E402
 
@@ -42,8 +43,8 @@ def demo_requests(images: list[Path]) -> list[dict]:
     ]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str = "python -m jobs.demo") -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", default=None, help="model folder or cached hub id (default: the tiny model)")
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--device-profile", default="auto", choices=["auto", "cpu", "sm61", "modern"])

@@ -55,7 +55,12 @@ class ConfigField:
 
 @cache
 def config_fields(cls: type) -> tuple[ConfigField, ...]:
-    """The fields of a dataclass, in order, with their resolved types and docstrings."""
+    """The fields of a dataclass (their docstrings as help) or of a pydantic model (their descriptions), in
+    order, with their resolved types."""
+    pydantic_fields = getattr(cls, "model_fields", None)
+    if pydantic_fields is not None:
+        return tuple(ConfigField(name, f.annotation, dataclasses.MISSING if f.is_required() else f.get_default(
+            call_default_factory=True), " ".join((f.description or "").split())) for name, f in pydantic_fields.items())
     hints = typing.get_type_hints(cls)
     docs = field_docstrings(cls)
     out = []
@@ -91,12 +96,17 @@ def flag_of(name: str) -> str:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
-                         aliases: Mapping[str, Iterable[str]] | None = None, prefix: str = "") -> None:
+                         aliases: Mapping[str, Iterable[str]] | None = None, prefix: str = "",
+                         exclude: Iterable[str] = ()) -> None:
     """A flag for every field of `cls` (dest `prefix + name`), typed and with its help and default.
 
     Booleans get `--x / --no-x`; Literals get choices; `X | None` fields take an X and default to None.
-    `aliases`: extra flag spellings per field (flags a command had before its fields were derived)."""
+    `aliases`: extra flag spellings per field (flags a command had before its fields were derived); `exclude`:
+    fields the command takes otherwise (a positional argument)."""
+    excluded = set(exclude)
     for f in config_fields(cls):
+        if f.name in excluded:
+            continue
         flags = [flag_of(prefix + f.name), *(aliases or {}).get(f.name, ())]
         kwargs: dict[str, Any] = {"dest": prefix + f.name, "help": (f.help or f.name).replace("%", "%%")}
         if f.is_required:

@@ -46,9 +46,9 @@ ENGINE_FLAG_ALIASES = {"default_max_tokens": ["--max-tokens"], "max_batch_tokens
 CACHE_ACTOR_PREFIX = "cache_actor_"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None, prog: str = "python -m jobs.batch") -> argparse.Namespace:
     """The job's own flags, then one per EngineConfig field and one per CacheActorConfig field (derived)."""
-    p = argparse.ArgumentParser(prog="python -m jobs.batch", description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=HelpFormatter)
     job = p.add_argument_group("the job")
     job.add_argument("--input", required=True, help=".jsonl or .parquet file, a folder of them, or a folder of images")
     job.add_argument("--output", required=True, help="folder for the output Parquet shards (resumes if it has some)")
@@ -81,8 +81,8 @@ def configs_of(args: argparse.Namespace) -> tuple[EngineConfig, CacheActorConfig
     return config, config_from_namespace(CacheActorConfig, args, prefix=CACHE_ACTOR_PREFIX)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m jobs.batch") -> int:
+    args = parse_args(argv, prog)
     input_path, output_path = Path(args.input).expanduser(), Path(args.output).expanduser()
     # Everything that can be wrong with the command fails here, before Ray starts or a model loads.
     try:

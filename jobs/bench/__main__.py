@@ -12,6 +12,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from jobs.bench import (  # noqa: E402
     batch_bench, cache_bench, cluster_bench, engine_bench, generate_bench, quant_bench, quant_quality, serve_bench)
+from vlray.config_fields import HelpFormatter  # noqa: E402
 
 BENCHMARKS = {
     "generate": (generate_bench, "batched generation vs plain generate one request at a time"),
@@ -25,11 +26,12 @@ BENCHMARKS = {
 }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m jobs.bench", description=__doc__)
+def main(argv: list[str] | None = None, prog: str = "python -m jobs.bench") -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = parser.add_subparsers(dest="benchmark", required=True)
     for name, (module, help_text) in BENCHMARKS.items():
-        module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__))
+        module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__,
+                                            formatter_class=HelpFormatter))
     args = parser.parse_args(argv)
     BENCHMARKS[args.benchmark][0].run(args)
 

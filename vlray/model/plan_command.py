@@ -12,6 +12,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
+from vlray.config_fields import HelpFormatter
 from vlray.model.component_sizes import component_sizes
 from vlray.model.device_plan import DEFAULT_CONTEXT_TOKENS, DevicePlan, NoPlanFitsError, plan_devices
 
@@ -107,7 +108,7 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vlray plan", description=__doc__)
+def main(argv: list[str] | None = None, prog: str = "vlray plan") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=HelpFormatter)
     add_plan_arguments(parser)
     return run_plan(parser.parse_args(argv))
