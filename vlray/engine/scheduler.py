@@ -95,12 +95,16 @@ class Scheduler:
         return step
 
     def _waits_for_its_group(self, seq: Sequence) -> bool:
-        """Whether a sibling of seq's prefix group is prefilling now (admitted in this step: a prefill commits its
-        blocks when the step ends). Without prefix caching there is nothing to wait for."""
+        """Whether seq should wait for a sibling of its prefix group that is prefilling now (admitted in this
+        step: a prefill commits its blocks when the step ends): only while seq's own prefix is not yet all in
+        the cache, so siblings that find it there join together. Without prefix caching nothing is shared."""
         if seq.prefix_group is None or not self.block_manager.enable_prefix_caching:
             return False
-        return any(s.prefix_group == seq.prefix_group and s.num_computed_tokens < s.num_prompt_tokens
-                   for s in self.running)
+        if not any(s.prefix_group == seq.prefix_group and s.num_computed_tokens < s.num_prompt_tokens
+                   for s in self.running):
+            return False
+        manager = self.block_manager
+        return len(manager.prefix_hits(seq)) * manager.block_size < seq.cacheable_prefix_limit(manager.block_size)
 
     def finish(self, seq: Sequence) -> None:
         """seq is done: free its seat and blocks now."""
