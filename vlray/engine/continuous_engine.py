@@ -4,8 +4,10 @@ Its step is nano-vllm's, with vLLM's data at the boundaries:
 `SchedulerOutput = scheduler.schedule()` -> `ModelRunnerOutput = runner.run(it)` -> `postprocess(it)`.
 The scheduler picks which sequences prefill (through transformers' Qwen3-VL forward, so vision and 3-D
 positions stay exact) and which decode one token (the fast path); postprocess samples every sequence's next
-token, each request's RequestStream turns tokens into text deltas and decides when it ends (EOS, max_tokens,
-stop strings), and a finished request leaves the batch at once.
+token (vlray/engine/sampler.py: penalties over each request's token counts, kept on the device, then the
+filters and a seeded draw; logprobs of the raw logits where asked), each request's RequestStream turns tokens
+into text deltas and decides when it ends (EOS, max_tokens, stop strings), and a finished request leaves the
+batch at once.
 
 Failures stay where they happen: an exception while sampling, stopping or detokenising one request ends that
 request alone with an error result; a step that fails as a whole (an out-of-memory on a prefill, say) ends the
@@ -155,15 +157,10 @@ class ContinuousBatchingEngine:
         by row, each from the generator state it had, so the rows that do not fail draw exactly what they would
         have drawn."""
         states: list[_RequestState] = [seq.payload for seq in output.seqs]
-        for seq, state in zip(output.seqs, states):
-            params = state.prepared.sampling
-            if params.has_penalties and state.counts is None:
-                state.counts = TokenCounts(seq.token_ids, seq.num_prompt_tokens, output.logits.shape[-1],
-                                           self.device, params.repetition_penalty != 1.0)
         generators = [s.generator for s in states]
         saved = [g.get_state() if g is not None else None for g in generators] if any(generators) else None
         try:
-            return self._sample_rows(output.logits, states)
+            return self._sample_rows(output.logits, output.seqs)
         except Exception:
             log.exception("sampling a batch of %d failed; sampling row by row", len(states))
         tokens: list[int | Exception] = []
@@ -172,7 +169,7 @@ class ContinuousBatchingEngine:
             if generator is not None and saved is not None:
                 generator.set_state(saved[row])
             try:
-                token, logprob = self._sample_rows(output.logits[row:row + 1], [state])
+                token, logprob = self._sample_rows(output.logits[row:row + 1], output.seqs[row:row + 1])
                 tokens += token
                 logprobs += logprob
             except Exception as exc:
@@ -180,9 +177,14 @@ class ContinuousBatchingEngine:
                 logprobs.append(None)
         return tokens, logprobs
 
-    def _sample_rows(self, logits: torch.Tensor, states: list[_RequestState]
+    def _sample_rows(self, logits: torch.Tensor, seqs: list[Sequence]
                      ) -> tuple[list[int | Exception], list[TokenLogprob | None]]:
+        states: list[_RequestState] = [seq.payload for seq in seqs]
         params = [s.prepared.sampling for s in states]
+        for seq, state, p in zip(seqs, states, params):
+            if p.has_penalties and state.counts is None:  # from its first sampled step on, kept on the device
+                state.counts = TokenCounts(seq.token_ids, seq.num_prompt_tokens, logits.shape[-1], self.device,
+                                           with_seen=p.repetition_penalty != 1.0)
         logprobs = StepLogprobs(logits, params)  # of the raw logits: taken before anything changes them
         logits = apply_penalties(logits, params, [s.counts for s in states])
         # Structured output masks the logits here: after the penalties, before the draw.
