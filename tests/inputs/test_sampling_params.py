@@ -31,6 +31,7 @@ def test_edge_values_are_kept_or_made_computable():
     assert params.top_k == MAX_TOP_K and params.min_p == 1.0 and params.logprobs == 20
     assert (params.presence_penalty, params.frequency_penalty, params.repetition_penalty) == (-2.0, 2.0, 2.0)
     assert params.seed == 2**64 - 1 and params.has_penalties and params.has_filters
+    assert SamplingParams(max_tokens=1, repetition_penalty=5e-324).repetition_penalty == 1e-2  # floored, not inf
     plain = SamplingParams(max_tokens=1, top_k=-1)
     assert plain.top_k == 0 and not plain.has_penalties and not plain.has_filters
 

@@ -24,6 +24,8 @@ SEED_RANGE = 2**64
 """torch.Generator takes seeds in [0, 2**64) (a negative one as its two's complement): any integer is reduced."""
 
 
+MIN_REPETITION_PENALTY = 1e-2
+"""repetition_penalty is raised to this: it divides logits, and a tinier one takes them to inf (then NaN)."""
 MAX_LOGPROBS = 20
 """The most top logprobs a request may ask for (OpenAI's and vLLM's limit)."""
 MAX_TOP_K = 2**31 - 1
@@ -43,7 +45,8 @@ _FLOAT_RANGES = {
 
 def bounded_value(name: str, value: Any) -> Any:
     """One sampling field made computable, or a ValueError naming it: NaN/inf and values out of range refused,
-    a tiny temperature greedy, a tiny top_p floored, a huge top_k lowered, any integer seed reduced."""
+    a tiny temperature greedy, a tiny top_p or repetition_penalty floored, a huge top_k lowered, any integer seed
+    reduced."""
     if value is None and name in ("seed", "logprobs"):
         return None
     if name in _FLOAT_RANGES:
@@ -61,6 +64,8 @@ def bounded_value(name: str, value: Any) -> Any:
             raise ValueError(f"{name}={value!r} must be in {bounds}")
         if name == "temperature":
             return 0.0 if value < GREEDY_TEMPERATURE_BELOW else value
+        if name == "repetition_penalty":
+            return max(value, MIN_REPETITION_PENALTY)
         return max(value, MIN_TOP_P) if name == "top_p" else value
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name}={value!r} is not a whole number")
