@@ -103,3 +103,15 @@ def test_generation_config_fields(tmp_path, tiny_model_dir, generation_config, e
 
 def test_the_tiny_model_is_greedy_by_default(tiny_model_dir):
     assert sampling_defaults(tiny_model_dir) == {"temperature": 0.0}
+
+
+def test_the_preprocessor_refuses_a_bad_response_format_and_keeps_a_good_one(tiny_config):
+    preprocessor = load_preprocessor(tiny_config)
+    with pytest.raises(RequestError, match="response_format"):
+        preprocessor.prepare({"id": "a", "prompt": "Hi", "response_format": {"type": "json_schema",
+                                                                            "json_schema": {"schema": "x"}}})
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    prepared = preprocessor.prepare({"id": "b", "prompt": "Hi", "logprobs": 2, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "s", "schema": schema}}})
+    assert prepared.sampling.structured == StructuredOutput("json_schema", json.dumps(schema))
+    assert prepared.sampling.logprobs == 2

@@ -59,6 +59,7 @@ class RequestPreprocessor:
         `make_patches=False` leaves its images resized but not yet patches (`images`, uint8): the batch job's
         preprocess actors ship that, 8x smaller, and its model actors make the patches (with_pixel_values)."""
         request = parse_request(raw)
+        structured = structured_output_of(request.response_format)  # refused before anything costly
         hf_messages, sources = to_hf_messages(request)
         self._check_size(hf_messages, sources)
         text = self.processor.apply_chat_template(hf_messages, tokenize=False, add_generation_prompt=True)
@@ -80,7 +81,7 @@ class RequestPreprocessor:
             raise RequestError(
                 f"prompt is {num_tokens} tokens, over the model's context of {self.max_model_len} tokens "
                 "(shorten the text, send fewer images or lower max_pixels)", kind="context_overflow")
-        sampling = self.sampling_params(request, num_tokens)
+        sampling = self.sampling_params(request, num_tokens, structured)
         if not images:
             return PreparedRequest(request.id, input_ids, sampling)
         pixels = [im.pixels for im in images]
@@ -95,8 +96,10 @@ class RequestPreprocessor:
             images=[] if make_patches else pixels,
         )
 
-    def sampling_params(self, request: GenerationRequest, num_prompt_tokens: int) -> SamplingParams:
-        """The request's sampling fields, those it leaves unset from the defaults; RequestError naming a bad one."""
+    def sampling_params(self, request: GenerationRequest, num_prompt_tokens: int,
+                        structured: StructuredOutput | None = None) -> SamplingParams:
+        """The request's sampling fields, those it leaves unset from the defaults; RequestError naming a bad one.
+        `structured`: its response_format, already checked (structured_output_of)."""
         wanted = request.max_tokens or self.default_max_tokens
         fields = {name: getattr(request, name) for name in SAMPLING_FIELDS}
         fields = {name: self.sampling_defaults.get(name) if value is None else value for name, value in fields.items()}
@@ -105,7 +108,7 @@ class RequestPreprocessor:
                 # Past the context there is no room to generate: the request ends with finish_reason "length".
                 max_tokens=min(wanted, self.max_model_len - num_prompt_tokens), seed=request.seed,
                 stop=list(request.stop), logprobs=request.logprobs,
-                structured=structured_output_of(request.response_format),
+                structured=structured,
                 **{name: value for name, value in fields.items() if value is not None})
         except RequestError:
             raise
