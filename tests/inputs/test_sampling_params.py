@@ -31,6 +31,10 @@ def test_edge_values_are_kept_or_made_computable():
     assert params.top_k == MAX_TOP_K and params.min_p == 1.0 and params.logprobs == 20
     assert (params.presence_penalty, params.frequency_penalty, params.repetition_penalty) == (-2.0, 2.0, 2.0)
     assert params.seed == 2**64 - 1 and params.has_penalties and params.has_filters
+    import numpy as np
+    numpy_values = SamplingParams(max_tokens=1, temperature=np.float32(0.5), seed=np.int64(-1), top_k=np.int32(3))
+    assert (numpy_values.temperature, numpy_values.seed, numpy_values.top_k) == (0.5, 2**64 - 1, 3)
+    assert type(numpy_values.seed) is int and type(numpy_values.temperature) is float
     assert SamplingParams(max_tokens=1, repetition_penalty=5e-324).repetition_penalty == 1e-2  # floored, not inf
     plain = SamplingParams(max_tokens=1, top_k=-1)
     assert plain.top_k == 0 and not plain.has_penalties and not plain.has_filters

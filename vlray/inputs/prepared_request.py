@@ -8,6 +8,7 @@ cross from the batch job's preprocess actors to its model actors, which make the
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,7 +51,7 @@ def bounded_value(name: str, value: Any) -> Any:
     if value is None and name in ("seed", "logprobs"):
         return None
     if name in _FLOAT_RANGES:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's scalars are Real too
             raise ValueError(f"{name}={value!r} is not a number")
         try:
             value = float(value)
@@ -67,8 +68,9 @@ def bounded_value(name: str, value: Any) -> Any:
         if name == "repetition_penalty":
             return max(value, MIN_REPETITION_PENALTY)
         return max(value, MIN_TOP_P) if name == "top_p" else value
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name}={value!r} is not a whole number")
+    value = int(value)
     if name == "seed":
         return value % SEED_RANGE
     if name == "top_k":
