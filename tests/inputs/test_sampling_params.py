@@ -1,9 +1,11 @@
 """SamplingParams bounded at the boundary (every field a client sends), response_format turned into a
 StructuredOutput, and the model folder's generation_config.json as the defaults of unset fields."""
 
+import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 
 from vlray.config import EngineConfig
@@ -31,7 +33,6 @@ def test_edge_values_are_kept_or_made_computable():
     assert params.top_k == MAX_TOP_K and params.min_p == 1.0 and params.logprobs == 20
     assert (params.presence_penalty, params.frequency_penalty, params.repetition_penalty) == (-2.0, 2.0, 2.0)
     assert params.seed == 2**64 - 1 and params.has_penalties and params.has_filters
-    import numpy as np
     numpy_values = SamplingParams(max_tokens=1, temperature=np.float32(0.5), seed=np.int64(-1), top_k=np.int32(3))
     assert (numpy_values.temperature, numpy_values.seed, numpy_values.top_k) == (0.5, 2**64 - 1, 3)
     assert type(numpy_values.seed) is int and type(numpy_values.temperature) is float
@@ -41,7 +42,6 @@ def test_edge_values_are_kept_or_made_computable():
 
 
 def test_a_batch_rows_json_round_trips():
-    import dataclasses
     params = SamplingParams(max_tokens=3, top_k=5, structured=StructuredOutput("json_schema", '{"type": "object"}'))
     again = SamplingParams(**json.loads(json.dumps(dataclasses.asdict(params))))
     assert again == params and isinstance(again.structured, StructuredOutput)
