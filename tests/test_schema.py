@@ -12,7 +12,7 @@ def test_prompt_with_images_of_every_source_kind():
     assert request.id == "7"
     assert request.images[1] == b"\x89PNG" and request.images[2] is image
     assert request.stop == ["END"]
-    assert request.temperature == 0.0 and request.is_greedy
+    assert request.temperature is None and request.is_greedy  # unset: the engine's defaults decide
 
 
 def test_openai_messages():
@@ -38,6 +38,14 @@ def test_openai_messages():
     ({"id": "x", "messages": [{"role": "robot", "content": "b"}]}, "role", "invalid_request"),
     ({"id": "x", "messages": [{"role": "user", "content": [{"type": "audio"}]}]}, "content", "invalid_request"),
     ({"id": "x", "prompt": "a", "stop": [""]}, "must not be empty", "invalid_request"),
+    ({"id": "x", "prompt": "a", "top_k": -2}, "top_k", "invalid_request"),
+    ({"id": "x", "prompt": "a", "min_p": 1.5}, "min_p", "invalid_request"),
+    ({"id": "x", "prompt": "a", "presence_penalty": 2.5}, "presence_penalty", "invalid_request"),
+    ({"id": "x", "prompt": "a", "frequency_penalty": -3}, "frequency_penalty", "invalid_request"),
+    ({"id": "x", "prompt": "a", "repetition_penalty": 0}, "repetition_penalty", "invalid_request"),
+    ({"id": "x", "prompt": "a", "logprobs": 21}, "logprobs", "invalid_request"),
+    ({"id": "x", "prompt": "a", "logprobs": -1}, "logprobs", "invalid_request"),
+    ({"id": "x", "prompt": "a", "presence_penalty": 10**400}, "presence_penalty", "invalid_request"),
 ])
 def test_bad_requests_name_the_problem(raw, fragment, kind):
     with pytest.raises(RequestError) as info:
@@ -56,3 +64,23 @@ def test_failed_result_and_ids():
     assert (result.finish_reason, result.error_kind, result.ok) == ("error", "image_not_found", False)
     assert request_id_of({"id": 3}) == "3" and request_id_of({}) is None
     assert request_id_of(GenerationRequest(id="g", prompt="p")) == "g"
+
+
+def test_sampling_fields_unset_set_and_bounded():
+    request = parse_request({"id": "x", "prompt": "a"})
+    assert all(getattr(request, f) is None for f in (
+        "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
+        "logprobs", "response_format"))
+    request = parse_request({"id": "x", "prompt": "a", "top_k": -1, "min_p": 0.05, "presence_penalty": 1.5,
+                             "frequency_penalty": -2, "repetition_penalty": 1.05, "logprobs": 0,
+                             "top_k_extra": None})
+    assert (request.top_k, request.min_p, request.presence_penalty, request.frequency_penalty) == (0, 0.05, 1.5, -2.0)
+    assert (request.repetition_penalty, request.logprobs) == (1.05, 0)
+    assert parse_request({"id": "x", "prompt": "a", "top_k": 10**30}).top_k == 2**31 - 1  # huge: every token kept
+
+
+@pytest.mark.parametrize("field", ["min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_nan_and_inf_sampling_fields_are_refused(field, value):
+    with pytest.raises(RequestError, match=field):
+        parse_request({"id": "x", "prompt": "a", field: value})

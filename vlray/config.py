@@ -19,6 +19,7 @@ BackendName = Literal["engine", "hf"]
 DTypeName = Literal["float32", "float16", "bfloat16"]
 QuantizationName = Literal["none", "int8", "int4"]
 VisionQuantizationName = Literal["none", "int8"]
+SamplingDefaultsName = Literal["model", "vlray"]
 
 # 1024x1024 pixels is 1024 visual tokens (32x32 pixels per token after the 2x2 merge): a 4000x3000 photo is
 # resized to about 1184x896 instead of costing 11,700 tokens and gigabytes of activations.
@@ -78,6 +79,9 @@ class EngineConfig:
     """Prompt plus generated tokens; None uses the model's max_position_embeddings."""
     default_max_tokens: int = 256
     """max_tokens of a request that gives none."""
+    sampling_defaults: SamplingDefaultsName = "model"
+    """Sampling fields a request leaves unset: `model` takes the model folder's generation_config.json (as vLLM
+    does); `vlray`: greedy (temperature 0), no top_k/top_p/min_p, no penalties."""
     max_batch_tokens: int = 8192
     """Token budget. hf: of one static batch, rows x (longest prompt + most new tokens), padding included;
     engine: of one step, prompt tokens prefilled plus one per decoding request."""
@@ -130,6 +134,9 @@ class EngineConfig:
             raise ValueError(f"quantization={self.quantization!r}: use none, int8 or int4.")
         if self.vision_quantization not in ("none", "int8"):
             raise ValueError(f"vision_quantization={self.vision_quantization!r}: use none or int8.")
+        if self.sampling_defaults not in ("model", "vlray"):
+            raise ValueError(f"sampling_defaults={self.sampling_defaults!r}: use model (the model folder's "
+                             "generation_config.json) or vlray (greedy).")
         _require_positive("max_pixels", self.max_pixels)
         _require_positive("max_input_pixels", self.max_input_pixels)
         _require_positive("max_images_per_request", self.max_images_per_request)

@@ -21,6 +21,7 @@ from vlray.engine.token_stream import DeltaSink, StreamDelta
 from vlray.inputs.image_policy import ImagePolicy
 from vlray.inputs.prepared_request import PreparedRequest
 from vlray.inputs.preprocessor import RequestPreprocessor
+from vlray.model.generation_defaults import sampling_defaults
 from vlray.model.loader import LoadedModel, load_model
 from vlray.schema import GenerationRequest, GenerationResult, RequestError, request_id_of
 from vlray.static.static_batcher import StaticBatcher
@@ -60,7 +61,8 @@ class LLM:
         self.preprocessor = RequestPreprocessor(
             self.loaded.processor, self.loaded.max_model_len, config.default_max_tokens, config.max_input_pixels,
             image_policy=image_policy, image_cache=cache if config.uses_preprocessed_cache else None,
-            max_images_per_request=config.max_images_per_request, max_request_chars=config.max_request_chars)
+            max_images_per_request=config.max_images_per_request, max_request_chars=config.max_request_chars,
+            sampling_defaults=sampling_defaults(self.loaded.model_dir, config.sampling_defaults))
         self.backend = build_backend(self.loaded, config, self.stats, cache)
 
     def generate(self, requests: Sequence[GenerationRequest | dict[str, Any]]) -> list[GenerationResult]:

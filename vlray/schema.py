@@ -12,7 +12,7 @@ from typing import Any, Literal, Union
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vlray.inputs.prepared_request import GREEDY_TEMPERATURE_BELOW, bounded_sampling
+from vlray.inputs.prepared_request import BOUNDED_FIELDS, GREEDY_TEMPERATURE_BELOW, MAX_LOGPROBS, bounded_value
 
 ImageSource = Union[str, bytes, Image.Image]
 """A local path, a file:// URL, a data: base64 URL, raw encoded bytes, or a PIL image."""
@@ -62,10 +62,29 @@ class GenerationRequest(BaseModel):
     images: list[ImageSource] = Field(default_factory=list, description="Images shown before the prompt.")
     messages: list[ChatMessage] | None = Field(default=None, description="OpenAI-style chat instead of prompt.")
     max_tokens: int | None = Field(default=None, ge=1, description="New tokens at most; None: engine default.")
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0, allow_inf_nan=False,
-                               description=f"0 is greedy decoding (so is anything under {GREEDY_TEMPERATURE_BELOW:g}).")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False,
-                         description="Nucleus mass; tiny values keep the most likely token.")
+    # Sampling: None leaves a field unset, and it takes the engine's default (the model's generation_config.json
+    # by default, EngineConfig.sampling_defaults), as vLLM does.
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False,
+                                      description=f"0 is greedy decoding (so is anything under "
+                                                  f"{GREEDY_TEMPERATURE_BELOW:g}).")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False,
+                                description="Nucleus mass; tiny values keep the most likely token.")
+    top_k: int | None = Field(default=None, ge=-1, description="Keep the k most likely tokens; 0 or -1: off.")
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False,
+                                description="Drop tokens less likely than min_p times the most likely one.")
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0, allow_inf_nan=False,
+                                           description="Subtracted from the logit of every token generated so far.")
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0, allow_inf_nan=False,
+                                            description="Times its count, subtracted from each generated token's "
+                                                        "logit.")
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0, allow_inf_nan=False,
+                                             description="Divides (positive) or multiplies (negative) the logits "
+                                                         "of the prompt's and the generated tokens; 1: off.")
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS,
+                                 description="Return each token's logprob and the k most likely (0..20).")
+    response_format: dict[str, Any] | None = Field(
+        default=None, description='OpenAI\'s: {"type": "text"}, {"type": "json_object"} or {"type": "json_schema", '
+                                  '"json_schema": {"name": ..., "schema": {...}}}.')
     seed: int | None = Field(default=None, description="Same seed, same sampled tokens; any integer (reduced "
                                                        "modulo 2**64, the generator's range).")
     stop: list[str] = Field(default_factory=list, description="Strings that end generation (not included).")
@@ -98,12 +117,25 @@ class GenerationRequest(BaseModel):
             raise ValueError("a request needs `prompt` or `messages`")
         if any(s == "" for s in self.stop):
             raise ValueError("`stop` strings must not be empty")
-        self.temperature, self.top_p, self.seed = bounded_sampling(self.temperature, self.top_p, self.seed)
+        for name in BOUNDED_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, bounded_value(name, value))
         return self
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0.0
+        """Unset temperature counts as greedy here (the engine's defaults may say otherwise)."""
+        return not self.temperature
+
+
+class TokenLogprob(BaseModel):
+    """One generated token's log-probability under the model's raw logits of its step, and the most likely."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = Field(default_factory=list,
+                                         description="The k most likely tokens of that step, most likely first.")
 
 
 class GenerationResult(BaseModel):
@@ -117,6 +149,8 @@ class GenerationResult(BaseModel):
     error: str | None = None
     error_kind: str | None = Field(default=None, description="A short class of the error, for summaries.")
     token_ids: list[int] = Field(default_factory=list, description="Generated token ids, EOS included.")
+    logprobs: list[TokenLogprob] | None = Field(default=None, description="One per generated token, aligned with "
+                                                                          "token_ids (when the request asked).")
 
     @classmethod
     def failed(cls, request_id: str | None, error: "RequestError | str", num_prompt_tokens: int = 0

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-import vlray.engine.sampler as sampler
+import vlray.engine.continuous_engine as continuous_engine
 import vlray.static.hf_generate_runner as hf_generate_runner
 from vlray.engine.async_engine import AsyncEngine
 from vlray.engine.backend import STEP_FAILED
@@ -50,13 +50,13 @@ def _check_others(results, clean):
 
 
 def test_a_failure_while_sampling_one_request_ends_it_alone(llm, clean, monkeypatch):
-    real = sampler.sample_token
+    real = continuous_engine.choose
     bad_seed_generator = {}
 
-    def sample_token(logits, temperature, top_p, generator):
-        if generator is bad_seed_generator.get("bad"):
+    def choose(logits, params, generators):
+        if any(g is bad_seed_generator.get("bad") for g in generators if g is not None):
             raise FloatingPointError("sampling blew up (injected)")
-        return real(logits, temperature, top_p, generator)
+        return real(logits, params, generators)
 
     real_add = llm.backend.add
 
@@ -66,7 +66,7 @@ def test_a_failure_while_sampling_one_request_ends_it_alone(llm, clean, monkeypa
             bad_seed_generator["bad"] = seq.payload.generator
         return seq
 
-    monkeypatch.setattr(sampler, "sample_token", sample_token)
+    monkeypatch.setattr(continuous_engine, "choose", choose)
     monkeypatch.setattr(llm.backend, "add", add)
     results = llm.generate(_requests())
     _check_others(results, clean)
@@ -76,7 +76,7 @@ def test_a_failure_while_sampling_one_request_ends_it_alone(llm, clean, monkeypa
 def test_a_failure_while_stopping_or_detokenising_one_request_ends_it_alone(llm, clean, monkeypatch):
     real = RequestStream.push
 
-    def push(self, token_ids):
+    def push(self, token_ids, logprobs=None):
         if self.request_id == "bad" and len(self.token_ids) >= 3:
             raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "injected")
         return real(self, token_ids)

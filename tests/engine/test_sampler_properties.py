@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vlray.engine.sampler import make_generator, sample
+from vlray.engine.sampler import StepLogprobs, TokenCounts, make_generator, sample
 from vlray.inputs.prepared_request import GREEDY_TEMPERATURE_BELOW, SamplingParams
 from vlray.schema import RequestError, parse_request
 
@@ -85,3 +85,32 @@ def test_tiny_values_are_clamped_not_refused():
     params = SamplingParams(max_tokens=1, temperature=request.temperature, top_p=request.top_p, seed=request.seed)
     assert request.is_greedy and params.is_greedy and params.temperature == 0.0
     assert params.top_p > 0 and params.seed == 2**70 % 2**64
+
+
+top_ks = st.one_of(st.sampled_from([-1, 0, 1, VOCAB - 1, VOCAB, 2**31, 10**30]), st.integers(min_value=-1))
+min_ps = st.one_of(st.sampled_from([0.0, 5e-324, 1e-300, 0.5, 1.0]), st.floats(0.0, 1.0))
+penalties = st.one_of(st.sampled_from([-2.0, 0.0, 2.0, 5e-324]), st.floats(-2.0, 2.0))
+repetitions = st.one_of(st.sampled_from([5e-324, 1e-300, 1e-3, 1.0, 2.0]),
+                        st.floats(0.0, 2.0, exclude_min=True))
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), temperature=temperatures, top_p=top_ps, top_k=top_ks, min_p=min_ps, presence=penalties,
+       frequency=penalties, repetition=repetitions, seed=seeds)
+def test_every_accepted_filter_and_penalty_draws_a_valid_token(data, temperature, top_p, top_k, min_p, presence,
+                                                               frequency, repetition, seed):
+    row = data.draw(_logits("fp16"))
+    request = parse_request({"id": "x", "prompt": "hi", "temperature": temperature, "top_p": top_p, "top_k": top_k,
+                             "min_p": min_p, "presence_penalty": presence, "frequency_penalty": frequency,
+                             "repetition_penalty": repetition, "seed": seed, "logprobs": 3})
+    fields = {name: getattr(request, name) for name in ("temperature", "top_p", "top_k", "min_p", "presence_penalty",
+                                                         "frequency_penalty", "repetition_penalty", "seed")}
+    params = [SamplingParams(max_tokens=4, logprobs=request.logprobs, **fields), SamplingParams(max_tokens=4)]
+    history = data.draw(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=8))
+    counts = [TokenCounts(history, 1, VOCAB, "cpu", with_seen=True), None]
+    logits = torch.tensor([row, row], dtype=torch.float16).float()
+    tokens = sample(logits, params, [make_generator(p, "cpu") for p in params], counts)
+    assert all(0 <= t < VOCAB for t in tokens)
+    assert tokens[1] == int(logits[1].argmax())  # the neighbour without penalties is never disturbed
+    logprob = StepLogprobs(logits, [params[0], params[1]]).resolve(torch.tensor(tokens))[0]
+    assert logprob.logprob <= 0.0 and len(logprob.top) == 3

@@ -126,3 +126,39 @@ def test_best_split_of_decode_rows_by_context():
     # Three short rows and two long: padding everyone to 40 blocks costs 200, two groups 3*4 + 2*40 = 92.
     assert best_split([2, 3, 4, 40, 40]) == 3
     assert best_split([2, 3, 4, 40, 40], min_saving=0.9) == 0
+
+
+def _sample_of(seq_id, prompt, group):
+    return Sequence(seq_id, list(prompt), 8, prefix_group=group)
+
+
+@pytest.mark.parametrize("prefix_caching", [True, False])
+def test_a_prefix_groups_siblings_join_after_the_first_prefill(prefix_caching):
+    scheduler = Scheduler(BlockManager(range(1, 65), BS, prefix_caching), max_num_seqs=8,
+                          max_num_batched_tokens=100)
+    prompt = range(100, 110)  # 10 tokens: two full blocks and a partial one
+    first, second, third = (_sample_of(i, prompt, "g") for i in range(3))
+    other = _seq(9, 5)
+    for seq in (first, second, third, other):
+        scheduler.add(seq)
+    step = scheduler.schedule()
+    if not prefix_caching:  # nothing to share: all at once
+        assert _ids(step.prefills) == [0, 1, 2, 9]
+        return
+    assert _ids(step.prefills) == [0]  # the siblings wait, and those behind them keep their turn
+    _run(scheduler, step)
+    step = scheduler.schedule()
+    assert _ids(step.prefills) == [1, 2, 9] and _ids(step.decodes) == [0]
+    assert second.num_cached_tokens == third.num_cached_tokens == 8  # the full blocks; the partial one recomputed
+    assert second.block_table[:2] == first.block_table[:2]
+
+
+def test_a_sibling_does_not_wait_for_a_finished_first_sample():
+    scheduler = Scheduler(BlockManager(range(1, 65), BS), max_num_seqs=8, max_num_batched_tokens=100)
+    first, second = _sample_of(0, range(100, 110), "g"), _sample_of(1, range(100, 110), "g")
+    scheduler.add(first)
+    step = scheduler.schedule()
+    _run(scheduler, step)
+    scheduler.finish(first)
+    scheduler.add(second)
+    assert _ids(scheduler.schedule().prefills) == [1] and second.num_cached_tokens == 8

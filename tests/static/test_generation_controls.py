@@ -4,7 +4,8 @@ import torch
 
 from vlray.engine.generated_sequence import finish_sequence
 from vlray.inputs.prepared_request import SamplingParams
-from vlray.static.generation_controls import RowSampler, sample_token
+from vlray.engine.sampler import sample_token
+from vlray.static.generation_controls import RowSampler
 
 EOS = {2, 0}
 
@@ -53,3 +54,21 @@ def test_row_sampler_leaves_greedy_rows_alone_and_forces_sampled_ones():
     assert torch.isfinite(out[1]).sum() == 1
     again = RowSampler(params, "cpu")(torch.zeros((2, 1), dtype=torch.long), scores.clone())
     assert torch.equal(out[1], again[1])
+
+
+def test_row_sampler_penalises_from_generates_ids_without_the_padding():
+    # Row 0: one left pad (token 2), prompt [1], generated [3, 3]; row 1: no penalty.
+    params = [SamplingParams(max_tokens=4, repetition_penalty=2.0, frequency_penalty=0.5), SamplingParams(max_tokens=4)]
+    input_ids = torch.tensor([[2, 1, 3, 3], [0, 0, 3, 3]])
+    scores = torch.tensor([[4.0, 4.0, 4.0, 4.0], [4.0, 4.0, 4.0, 4.0]])
+    out = RowSampler(params, "cpu", prompt_len=2, num_prompt_tokens=[1, 2])(input_ids, scores.clone())
+    # token 1 (prompt): 4/2; token 2 (a pad only): untouched; token 3 (generated twice): 4/2 - 0.5*2
+    assert out[0].tolist() == [4.0, 2.0, 4.0, 1.0]
+    assert out[1].tolist() == [4.0, 4.0, 4.0, 4.0]
+
+
+def test_row_sampler_applies_top_k():
+    params = [SamplingParams(max_tokens=4, temperature=3.0, top_k=2, seed=s) for s in range(30)]
+    scores = torch.tensor([[0.0, 3.0, 1.0, 2.9]] * 30)
+    out = RowSampler(params, "cpu")(torch.zeros((30, 1), dtype=torch.long), scores)
+    assert set(out.argmax(dim=-1).tolist()) == {1, 3}

@@ -5,8 +5,10 @@ import base64
 import io
 
 import pytest
+import torch
 from PIL import Image
 
+from vlray.engine.parallel_sampling import expand_samples
 from vlray.llm import LLM
 from vlray.testing.reference import reference_generate
 from vlray.testing.sample_images import make_image
@@ -155,3 +157,23 @@ def test_a_failing_batch_is_retried_row_by_row(tiny_loaded, tiny_config, monkeyp
     assert [r.token_ids for i, r in enumerate(results) if i != 2] == [r.token_ids for i, r in enumerate(expected)
                                                                        if i != 2]
     assert results[2].finish_reason == "error" and "out of memory" in results[2].error
+
+
+def test_penalties_and_top_k_work_and_what_it_lacks_is_refused(tiny_loaded, tiny_config):
+    llm = LLM(tiny_config.with_updates(backend="hf"), loaded=tiny_loaded)
+    base = {"id": "p", "prompt": "Describe a busy street at night with many signs.", "max_tokens": 16}
+    prepared = llm.preprocessor.prepare(base)
+    ids = torch.as_tensor(prepared.input_ids)[None]
+    with torch.inference_mode():
+        expected = tiny_loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                              max_new_tokens=16, repetition_penalty=1.6)[0, ids.shape[1]:].tolist()
+    penalised, short = llm.generate([{**base, "repetition_penalty": 1.6}, {"id": "s", "prompt": "Hi",
+                                                                           "max_tokens": 4}])
+    assert penalised.token_ids == expected  # left padding (a shorter row in the batch) is not counted
+    sampled = {**base, "id": "k", "temperature": 1.0, "top_k": 5, "min_p": 0.05, "presence_penalty": 1.0, "seed": 1}
+    assert llm.generate([sampled])[0].token_ids == llm.generate([sampled])[0].token_ids
+    refused = llm.generate([{**base, "logprobs": 2}, {**base, "id": "j", "response_format": {"type": "json_object"}}])
+    assert [r.error_kind for r in refused] == ["unsupported", "unsupported"]
+    assert "logprobs" in refused[0].error and "response_format" in refused[1].error
+    grouped = llm.generate_prepared(expand_samples(prepared, 2))
+    assert all(not r.ok and "n:" in r.error for r in grouped)

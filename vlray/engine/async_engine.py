@@ -106,16 +106,18 @@ class AsyncEngine:
                     if not event.ok:
                         raise GenerationError(event)
                     # An engine that did not stream this request: its whole remaining text in one delta.
+                    logprobs = tuple(event.logprobs) if event.logprobs is not None else None
                     yield StreamDelta(event.id or prepared.request_id, event.text[num_chars:], tuple(event.token_ids),
                                       num_chars, event.num_prompt_tokens, event.num_generated_tokens,
-                                      event.finish_reason)
+                                      event.finish_reason, logprobs)
                     return
                 skip = num_chars - event.text_offset
                 if skip > 0 and not event.is_final and skip >= len(event.text):
                     continue
                 if skip > 0:
                     event = StreamDelta(event.request_id, event.text[skip:], event.token_ids, num_chars,
-                                        event.num_prompt_tokens, event.num_generated_tokens, event.finish_reason)
+                                        event.num_prompt_tokens, event.num_generated_tokens, event.finish_reason,
+                                        event.logprobs)
                 num_chars += len(event.text)
                 yield event
                 if event.is_final:

@@ -4,8 +4,10 @@ Its step is nano-vllm's, with vLLM's data at the boundaries:
 `SchedulerOutput = scheduler.schedule()` -> `ModelRunnerOutput = runner.run(it)` -> `postprocess(it)`.
 The scheduler picks which sequences prefill (through transformers' Qwen3-VL forward, so vision and 3-D
 positions stay exact) and which decode one token (the fast path); postprocess samples every sequence's next
-token, each request's RequestStream turns tokens into text deltas and decides when it ends (EOS, max_tokens,
-stop strings), and a finished request leaves the batch at once.
+token (vlray/engine/sampler.py: penalties over each request's token counts, kept on the device, then the
+filters and a seeded draw; logprobs of the raw logits where asked), each request's RequestStream turns tokens
+into text deltas and decides when it ends (EOS, max_tokens, stop strings), and a finished request leaves the
+batch at once.
 
 Failures stay where they happen: an exception while sampling, stopping or detokenising one request ends that
 request alone with an error result; a step that fails as a whole (an out-of-memory on a prefill, say) ends the
@@ -27,13 +29,13 @@ from vlray.engine.block_manager import BlockManager
 from vlray.engine.image_encoder import ImageEncoder
 from vlray.engine.kv_cache import KVCache, KVCacheShape, kv_cache_budget
 from vlray.engine.runner.model_runner import ModelRunner, ModelRunnerOutput
-from vlray.engine.sampler import make_generator, sample
+from vlray.engine.sampler import StepLogprobs, TokenCounts, apply_penalties, choose, make_generator
 from vlray.engine.scheduler import Scheduler
 from vlray.engine.sequence import ImageSpan, Sequence
 from vlray.engine.token_stream import DeltaSink, RequestStream
 from vlray.inputs.prepared_request import PreparedRequest
 from vlray.model.loader import LoadedModel
-from vlray.schema import GenerationResult, RequestError
+from vlray.schema import GenerationResult, RequestError, TokenLogprob
 from vlray.stats import PipelineStats
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class _RequestState:
     prepared: PreparedRequest
     stream: RequestStream
     generator: torch.Generator | None
+    counts: TokenCounts | None = None  # on the device, from its first sampled step, when it has penalties
 
 
 class ContinuousBatchingEngine:
@@ -77,7 +80,7 @@ class ContinuousBatchingEngine:
     def add(self, prepared: PreparedRequest) -> Sequence:
         """Queue a request; RequestError when the KV cache could never hold it."""
         seq = Sequence(next(self._seq_ids), prepared.input_ids.tolist(), prepared.sampling.max_tokens,
-                       _image_spans(prepared))
+                       _image_spans(prepared), prefix_group=prepared.prefix_group)
         stream = RequestStream(prepared.request_id, prepared.sampling, prepared.num_prompt_tokens,
                                self.eos_token_ids, self._decode_text)
         seq.payload = _RequestState(prepared, stream, make_generator(prepared.sampling, self.device))
@@ -125,14 +128,17 @@ class ContinuousBatchingEngine:
                      ) -> list[tuple[Sequence, GenerationResult]]:
         """Sample, append, stream; a request whose sampling, stop check or detokenising raises ends alone."""
         finished = []
-        for seq, token in zip(output.seqs, self._sample(output)):
+        tokens, logprobs = self._sample(output)
+        for seq, token, logprob in zip(output.seqs, tokens, logprobs):
             state: _RequestState = seq.payload
             try:
                 if isinstance(token, Exception):
                     raise token
                 seq.num_computed_tokens = len(seq)
                 seq.append_token(token)
-                delta = state.stream.push([token])
+                if state.counts is not None:
+                    state.counts.add(token)
+                delta = state.stream.push([token], None if logprob is None else [logprob])
             except Exception as exc:
                 log.exception("request %s failed in postprocess", state.prepared.request_id)
                 finished.append(self._fail(seq, exc))
@@ -146,26 +152,44 @@ class ContinuousBatchingEngine:
                 self.block_manager.commit_computed(seq)
         return finished
 
-    def _sample(self, output: ModelRunnerOutput) -> list[int | Exception]:
-        """One token per row (one host sync for the batch); when that raises, row by row, each from the
-        generator state it had, so the rows that do not fail draw exactly what they would have drawn."""
+    def _sample(self, output: ModelRunnerOutput) -> tuple[list[int | Exception], list[TokenLogprob | None]]:
+        """One token per row (one host sync for the batch), and its logprob where asked; when that raises, row
+        by row, each from the generator state it had, so the rows that do not fail draw exactly what they would
+        have drawn."""
         states: list[_RequestState] = [seq.payload for seq in output.seqs]
-        params = [s.prepared.sampling for s in states]
         generators = [s.generator for s in states]
         saved = [g.get_state() if g is not None else None for g in generators] if any(generators) else None
         try:
-            return sample(output.logits, params, generators)
+            return self._sample_rows(output.logits, output.seqs)
         except Exception:
             log.exception("sampling a batch of %d failed; sampling row by row", len(states))
         tokens: list[int | Exception] = []
-        for row, (p, generator) in enumerate(zip(params, generators)):
+        logprobs: list[TokenLogprob | None] = []
+        for row, (state, generator) in enumerate(zip(states, generators)):
             if generator is not None and saved is not None:
                 generator.set_state(saved[row])
             try:
-                tokens.append(sample(output.logits[row:row + 1], [p], [generator])[0])
+                token, logprob = self._sample_rows(output.logits[row:row + 1], output.seqs[row:row + 1])
+                tokens += token
+                logprobs += logprob
             except Exception as exc:
                 tokens.append(exc)
-        return tokens
+                logprobs.append(None)
+        return tokens, logprobs
+
+    def _sample_rows(self, logits: torch.Tensor, seqs: list[Sequence]
+                     ) -> tuple[list[int | Exception], list[TokenLogprob | None]]:
+        states: list[_RequestState] = [seq.payload for seq in seqs]
+        params = [s.prepared.sampling for s in states]
+        for seq, state, p in zip(seqs, states, params):
+            if p.has_penalties and state.counts is None:  # from its first sampled step on, kept on the device
+                state.counts = TokenCounts(seq.token_ids, seq.num_prompt_tokens, logits.shape[-1], self.device,
+                                           with_seen=p.repetition_penalty != 1.0)
+        logprobs = StepLogprobs(logits, params)  # of the raw logits: taken before anything changes them
+        logits = apply_penalties(logits, params, [s.counts for s in states])
+        # Structured output masks the logits here: after the penalties, before the draw.
+        chosen = choose(logits, params, [s.generator for s in states])
+        return chosen.tolist(), logprobs.resolve(chosen)
 
     def _fail(self, seq: Sequence, error: Exception, kind: str | None = None) -> tuple[Sequence, GenerationResult]:
         self._finish(seq)
@@ -179,7 +203,7 @@ class ContinuousBatchingEngine:
         output = state.stream.result
         return GenerationResult(id=state.prepared.request_id, text=output.text, finish_reason=output.finish_reason,
                                 num_prompt_tokens=seq.num_prompt_tokens, num_generated_tokens=len(output.token_ids),
-                                token_ids=output.token_ids)
+                                token_ids=output.token_ids, logprobs=state.stream.logprobs)
 
     def _decode_text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

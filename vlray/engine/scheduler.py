@@ -5,6 +5,11 @@ the newest running sequence is preempted (its blocks freed, its tokens kept: it 
 again). Then waiting sequences are admitted in arrival order while the step's token budget, the seats
 (max_num_seqs) and the free blocks allow; their prompts (less any cached prefix) prefill in the same step.
 A finished sequence frees its seat and blocks at once, so a waiting one joins at the next step.
+
+Samples of one prompt (n > 1, a `prefix_group`) are admitted one, then the rest: a sibling waits while another
+sequence of its group is prefilling, so that it joins at the next step and takes the prompt's full blocks
+(images included) from the prefix cache instead of computing them alongside. Its last, partial block is not
+shared (only full blocks are keyed), so each sibling recomputes those few tokens, and the one it samples from.
 """
 
 from __future__ import annotations
@@ -76,7 +81,7 @@ class Scheduler:
         # Nothing new joins in a step that had to preempt: the cache is full.
         while self.waiting and not step.preempted and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            if not manager.can_allocate(seq):
+            if self._waits_for_its_group(seq) or not manager.can_allocate(seq):
                 break
             cost = len(seq) - len(manager.prefix_hits(seq)) * manager.block_size
             if cost > budget and not step.is_empty:  # one prompt over the budget still runs, alone
@@ -88,6 +93,18 @@ class Scheduler:
             step.prefills.append(seq)
             budget -= cost
         return step
+
+    def _waits_for_its_group(self, seq: Sequence) -> bool:
+        """Whether seq should wait for a sibling of its prefix group that is prefilling now (admitted in this
+        step: a prefill commits its blocks when the step ends): only while seq's own prefix is not yet all in
+        the cache, so siblings that find it there join together. Without prefix caching nothing is shared."""
+        if seq.prefix_group is None or not self.block_manager.enable_prefix_caching:
+            return False
+        if not any(s.prefix_group == seq.prefix_group and s.num_computed_tokens < s.num_prompt_tokens
+                   for s in self.running):
+            return False
+        manager = self.block_manager
+        return len(manager.prefix_hits(seq)) * manager.block_size < seq.cacheable_prefix_limit(manager.block_size)
 
     def finish(self, seq: Sequence) -> None:
         """seq is done: free its seat and blocks now."""

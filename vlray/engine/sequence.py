@@ -42,6 +42,7 @@ class Sequence:
     num_cached_tokens: int = 0  # of the last admission: tokens whose K/V came from the prefix cache
     num_computed_tokens: int = 0
     num_keyed_blocks: int = 0  # leading blocks of block_table registered in the prefix cache (BlockManager)
+    prefix_group: str | None = None  # samples of one prompt: siblings wait for the first one's prefill (Scheduler)
 
     @property
     def token_ids(self) -> list[int]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from vlray.engine.generated_sequence import GeneratedSequence, finish_sequence
 from vlray.engine.incremental_detokenizer import IncrementalDetokenizer
 from vlray.inputs.prepared_request import SamplingParams
+from vlray.schema import TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class StreamDelta:
     num_prompt_tokens: int
     num_generated_tokens: int  # so far, this delta's tokens included
     finish_reason: str | None = None  # stop or length, on the last delta only
+    logprobs: tuple[TokenLogprob, ...] | None = None  # aligned with token_ids, when the request asked for them
 
     @property
     def is_final(self) -> bool:
@@ -64,6 +66,9 @@ class RequestStream:
         self._text = ""  # whole characters decoded so far
         self._num_sent = 0  # characters of _text already released
         self._unsent_ids: list[int] = []
+        self._wants_logprobs = sampling.logprobs is not None
+        self._logprobs: list[TokenLogprob] = []
+        self._num_logprobs_sent = 0
         self._stopped_at: int | None = None
         self._longest_stop = max((len(s) for s in sampling.stop), default=0)
 
@@ -75,14 +80,24 @@ class RequestStream:
     def is_finished(self) -> bool:
         return self.finish_reason is not None
 
-    def push(self, token_ids: Sequence[int]) -> StreamDelta | None:
-        """Add newly generated tokens: a delta when there is text to release or the request ended.
+    @property
+    def logprobs(self) -> list[TokenLogprob] | None:
+        """One per token of the result (None when the request did not ask for logprobs)."""
+        if not self._wants_logprobs:
+            return None
+        return self._logprobs[: len(self.result.token_ids)] if self.result is not None else list(self._logprobs)
+
+    def push(self, token_ids: Sequence[int], logprobs: Sequence[TokenLogprob] | None = None) -> StreamDelta | None:
+        """Add newly generated tokens (and their logprobs, one each, when the request asked): a delta when there
+        is text to release or the request ended.
 
         Tokens after the request's end are ignored (engines pad the rows of finished requests)."""
         if self.is_finished:
             return None
-        for token_id in token_ids:
+        for n, token_id in enumerate(token_ids):
             self._unsent_ids.append(token_id)
+            if self._wants_logprobs and logprobs is not None:
+                self._logprobs.append(logprobs[n])
             if self._add(token_id):
                 return self._final_delta()
         releasable = len(self._text) - self._stop_prefix_length()
@@ -109,6 +124,13 @@ class RequestStream:
                 return True
         return len(self.token_ids) >= self.sampling.max_tokens
 
+    def _unsent_logprobs(self) -> tuple[TokenLogprob, ...] | None:
+        if not self._wants_logprobs:
+            return None
+        unsent = tuple(self._logprobs[self._num_logprobs_sent:])  # pushed with _unsent_ids, so aligned with them
+        self._num_logprobs_sent = len(self._logprobs)
+        return unsent
+
     def _stop_prefix_length(self) -> int:
         """Length of the longest end of the text that could begin a stop string (held back until it can't)."""
         for length in range(min(self._longest_stop - 1, len(self._text) - self._num_sent), 0, -1):
@@ -131,7 +153,7 @@ class RequestStream:
         delta = StreamDelta(
             request_id=self.request_id, text=text, token_ids=tuple(self._unsent_ids), text_offset=self._num_sent,
             num_prompt_tokens=self.num_prompt_tokens, num_generated_tokens=len(self.token_ids),
-            finish_reason=self.finish_reason)
+            finish_reason=self.finish_reason, logprobs=self._unsent_logprobs())
         self._num_sent += len(text)
         self._unsent_ids = []
         return delta

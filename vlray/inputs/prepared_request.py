@@ -8,7 +8,9 @@ cross from the batch job's preprocess actors to its model actors, which make the
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 
@@ -23,19 +25,88 @@ SEED_RANGE = 2**64
 """torch.Generator takes seeds in [0, 2**64) (a negative one as its two's complement): any integer is reduced."""
 
 
+MIN_REPETITION_PENALTY = 1e-2
+"""repetition_penalty is raised to this: it divides logits, and a tinier one takes them to inf (then NaN)."""
+MAX_LOGPROBS = 20
+"""The most top logprobs a request may ask for (OpenAI's and vLLM's limit)."""
+MAX_TOP_K = 2**31 - 1
+"""top_k is lowered to this (any value at or above the vocabulary keeps every token; a huge one must not
+overflow a tensor)."""
+
+# name -> (lowest, highest, lowest is excluded): the ranges vLLM and OpenAI give these fields.
+_FLOAT_RANGES = {
+    "temperature": (0.0, math.inf, False),
+    "top_p": (0.0, 1.0, True),
+    "min_p": (0.0, 1.0, False),
+    "presence_penalty": (-2.0, 2.0, False),
+    "frequency_penalty": (-2.0, 2.0, False),
+    "repetition_penalty": (0.0, 2.0, True),
+}
+
+
+def bounded_value(name: str, value: Any) -> Any:
+    """One sampling field made computable, or a ValueError naming it: NaN/inf and values out of range refused,
+    a tiny temperature greedy, a tiny top_p or repetition_penalty floored, a huge top_k lowered, any integer seed
+    reduced."""
+    if value is None and name in ("seed", "logprobs"):
+        return None
+    if name in _FLOAT_RANGES:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's scalars are Real too
+            raise ValueError(f"{name}={value!r} is not a number")
+        try:
+            value = float(value)
+        except OverflowError:  # an int past float's range
+            raise ValueError(f"{name}={value!r} is out of range") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{name}={value!r} is not a finite number")
+        low, high, open_low = _FLOAT_RANGES[name]
+        if value < low or (open_low and value == low) or value > high:
+            bounds = f"{'(' if open_low else '['}{low:g}, {high:g}]" if math.isfinite(high) else f"{low:g} or more"
+            raise ValueError(f"{name}={value!r} must be in {bounds}")
+        if name == "temperature":
+            return 0.0 if value < GREEDY_TEMPERATURE_BELOW else value
+        if name == "repetition_penalty":
+            return max(value, MIN_REPETITION_PENALTY)
+        return max(value, MIN_TOP_P) if name == "top_p" else value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name}={value!r} is not a whole number")
+    value = int(value)
+    if name == "seed":
+        return value % SEED_RANGE
+    if name == "top_k":
+        if value < -1:
+            raise ValueError(f"top_k={value!r} must be 0 or -1 (off), or a positive number of tokens")
+        return min(max(value, 0), MAX_TOP_K)  # -1 is vLLM's "off", 0 OpenAI-style clients' and transformers'
+    if name == "logprobs":
+        if not 0 <= value <= MAX_LOGPROBS:
+            raise ValueError(f"logprobs={value!r} must be in [0, {MAX_LOGPROBS}]")
+        return value
+    raise KeyError(name)
+
+
 def bounded_sampling(temperature: float, top_p: float, seed: int | None) -> tuple[float, float, int | None]:
     """Every value a client may send made computable: NaN/inf refused (ValueError naming the field), a tiny
     temperature greedy, a tiny top_p floored, any integer seed reduced to the generator's range."""
-    for name, value in (("temperature", temperature), ("top_p", top_p)):
-        if not math.isfinite(value):
-            raise ValueError(f"{name}={value!r} is not a finite number")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature!r} must be 0 (greedy) or more")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p={top_p!r} must be in (0, 1]")
-    temperature = 0.0 if temperature < GREEDY_TEMPERATURE_BELOW else float(temperature)
-    top_p = max(float(top_p), MIN_TOP_P)
-    return temperature, top_p, None if seed is None else int(seed) % SEED_RANGE
+    return (bounded_value("temperature", temperature), bounded_value("top_p", top_p), bounded_value("seed", seed))
+
+
+@dataclass(frozen=True, slots=True)
+class StructuredOutput:
+    """Decoding constrained to JSON: any JSON object, or JSON that validates against a schema."""
+
+    kind: Literal["json_object", "json_schema"]
+    schema: str | None = None  # the JSON Schema as JSON text (json_schema only)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("json_object", "json_schema"):
+            raise ValueError(f"structured output kind={self.kind!r}: use json_object or json_schema")
+        if (self.kind == "json_schema") != (self.schema is not None):
+            raise ValueError("a json_schema structured output needs its schema, and json_object takes none")
+
+
+BOUNDED_FIELDS = ("temperature", "top_p", "seed", "top_k", "min_p", "presence_penalty", "frequency_penalty",
+                  "repetition_penalty", "logprobs")
+"""The SamplingParams fields bounded_value checks (the same names on GenerationRequest)."""
 
 
 @dataclass(slots=True)
@@ -47,14 +118,34 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0  # 0: off
+    presence_penalty: float = 0.0  # [-2, 2], over the request's generated tokens (OpenAI/vLLM)
+    frequency_penalty: float = 0.0  # [-2, 2], over the request's generated tokens
+    repetition_penalty: float = 1.0  # (0, 2], over prompt + generated tokens (transformers/vLLM)
+    logprobs: int | None = None  # None: no logprobs; k in 0..20: the chosen token's logprob and the k most likely
+    structured: StructuredOutput | None = None
 
     def __post_init__(self) -> None:
         # The one place sampling values are bounded: requests from the schema, batch rows and Python calls alike.
-        self.temperature, self.top_p, self.seed = bounded_sampling(self.temperature, self.top_p, self.seed)
+        for name in BOUNDED_FIELDS:
+            setattr(self, name, bounded_value(name, getattr(self, name)))
+        if isinstance(self.structured, dict):  # from a batch row's JSON (dataclasses.asdict)
+            self.structured = StructuredOutput(**self.structured)
 
     @property
     def is_greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def has_penalties(self) -> bool:
+        """Whether the logits need the request's token counts before anything else."""
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
+
+    @property
+    def has_filters(self) -> bool:
+        """Whether a sampled row needs its distribution cut (top_k, top_p, min_p)."""
+        return self.top_k > 0 or self.top_p < 1.0 or self.min_p > 0.0
 
 
 @dataclass(slots=True)
@@ -69,6 +160,7 @@ class PreparedRequest:
     image_grid_thw: np.ndarray | None = None  # [num_images, 3] int64
     image_hashes: list[str] = field(default_factory=list)
     images: list[np.ndarray] = field(default_factory=list)  # each [H, W, 3] uint8, resized; until patches are made
+    prefix_group: str | None = None  # samples of one prompt (n > 1): the engine prefills the prompt once
 
     @property
     def kind(self) -> str:

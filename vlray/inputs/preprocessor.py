@@ -6,6 +6,8 @@ actors apart from the GPU workers.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from vlray.cache.keys import BlobCache
 from vlray.config import DEFAULT_MAX_IMAGES_PER_REQUEST, DEFAULT_MAX_REQUEST_CHARS
 from vlray.inputs.image_input import load_image
 from vlray.inputs.image_policy import ImagePolicy
-from vlray.inputs.prepared_request import PreparedRequest, SamplingParams
+from vlray.inputs.prepared_request import PreparedRequest, SamplingParams, StructuredOutput
 from vlray.inputs.preprocessed_image_cache import PreprocessedImageCache, tokenize_with_images
 from vlray.inputs.resized_image import patchify, resize_image
 from vlray.schema import GenerationRequest, ImageSource, RequestError, parse_request
@@ -29,10 +31,12 @@ class RequestPreprocessor:
                  max_input_pixels: int, local_image_root: Path | None = None,
                  image_policy: ImagePolicy | None = None, image_cache: BlobCache | None = None,
                  max_images_per_request: int = DEFAULT_MAX_IMAGES_PER_REQUEST,
-                 max_request_chars: int = DEFAULT_MAX_REQUEST_CHARS) -> None:
+                 max_request_chars: int = DEFAULT_MAX_REQUEST_CHARS,
+                 sampling_defaults: Mapping[str, Any] | None = None) -> None:
         """`image_policy` says which image sources requests may use (default: local files, anywhere or under
         `local_image_root`; no http); give one or the other. `image_cache` keeps preprocessed images. The two
-        limits bound one request's input before anything costly is done with it."""
+        limits bound one request's input before anything costly is done with it. `sampling_defaults`: the
+        values of the sampling fields a request leaves unset (vlray/model/generation_defaults.py)."""
         if image_policy is not None and local_image_root is not None:
             raise ValueError("give local_image_root or image_policy (with its local_root), not both")
         self.processor = processor
@@ -42,6 +46,7 @@ class RequestPreprocessor:
         self.image_policy = image_policy or ImagePolicy(local_root=local_image_root)
         self.max_images_per_request = max_images_per_request
         self.max_request_chars = max_request_chars
+        self.sampling_defaults = dict(sampling_defaults or {})
         # No token decodes to more characters than the longest entry of the vocabulary (byte-level entries hold
         # one character per byte): a text longer than max_model_len of those cannot fit, whatever it says.
         self.max_chars_per_token = max(map(len, processor.tokenizer.get_vocab()), default=1) or 1
@@ -54,6 +59,7 @@ class RequestPreprocessor:
         `make_patches=False` leaves its images resized but not yet patches (`images`, uint8): the batch job's
         preprocess actors ship that, 8x smaller, and its model actors make the patches (with_pixel_values)."""
         request = parse_request(raw)
+        structured = structured_output_of(request.response_format)  # refused before anything costly
         hf_messages, sources = to_hf_messages(request)
         self._check_size(hf_messages, sources)
         text = self.processor.apply_chat_template(hf_messages, tokenize=False, add_generation_prompt=True)
@@ -75,11 +81,7 @@ class RequestPreprocessor:
             raise RequestError(
                 f"prompt is {num_tokens} tokens, over the model's context of {self.max_model_len} tokens "
                 "(shorten the text, send fewer images or lower max_pixels)", kind="context_overflow")
-        wanted = request.max_tokens or self.default_max_tokens
-        sampling = SamplingParams(
-            # Past the context there is no room to generate: the request ends with finish_reason "length".
-            max_tokens=min(wanted, self.max_model_len - num_tokens),
-            temperature=request.temperature, top_p=request.top_p, seed=request.seed, stop=list(request.stop))
+        sampling = self.sampling_params(request, num_tokens, structured)
         if not images:
             return PreparedRequest(request.id, input_ids, sampling)
         pixels = [im.pixels for im in images]
@@ -94,6 +96,24 @@ class RequestPreprocessor:
             images=[] if make_patches else pixels,
         )
 
+    def sampling_params(self, request: GenerationRequest, num_prompt_tokens: int,
+                        structured: StructuredOutput | None = None) -> SamplingParams:
+        """The request's sampling fields, those it leaves unset from the defaults; RequestError naming a bad one.
+        `structured`: its response_format, already checked (structured_output_of)."""
+        wanted = request.max_tokens or self.default_max_tokens
+        fields = {name: getattr(request, name) for name in SAMPLING_FIELDS}
+        fields = {name: self.sampling_defaults.get(name) if value is None else value for name, value in fields.items()}
+        try:
+            return SamplingParams(
+                # Past the context there is no room to generate: the request ends with finish_reason "length".
+                max_tokens=min(wanted, self.max_model_len - num_prompt_tokens), seed=request.seed,
+                stop=list(request.stop), logprobs=request.logprobs,
+                structured=structured,
+                **{name: value for name, value in fields.items() if value is not None})
+        except RequestError:
+            raise
+        except ValueError as exc:  # a default from a model folder out of range, say
+            raise RequestError(f"invalid sampling settings: {exc}") from None
 
     def _check_size(self, hf_messages: list[dict[str, Any]], sources: list[ImageSource]) -> None:
         """Refuse a request over the per-request limits, before any image is read or any text tokenised."""
@@ -105,6 +125,34 @@ class RequestPreprocessor:
         if chars > self.max_request_chars:
             raise RequestError(f"the request has {chars} characters of text, over the limit of "
                                f"{self.max_request_chars} (max_request_chars)", kind="request_too_large")
+
+
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
+                   "repetition_penalty")
+"""The request fields that take a default when unset (seed, stop and logprobs have none but off)."""
+
+
+def structured_output_of(response_format: Mapping[str, Any] | None) -> StructuredOutput | None:
+    """OpenAI's response_format as a StructuredOutput (None for text); RequestError naming response_format when it
+    is malformed. Whether the schema compiles is the grammar compiler's to say (vlray/engine/structured_output.py)."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return StructuredOutput("json_object")
+    if kind != "json_schema":
+        raise RequestError(f"response_format.type={kind!r}: use text, json_object or json_schema")
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, Mapping) else None
+    if not isinstance(schema, Mapping):
+        raise RequestError("response_format.json_schema.schema must be a JSON Schema object, got "
+                           f"{type(schema).__name__}")
+    try:
+        return StructuredOutput("json_schema", json.dumps(schema, allow_nan=False))
+    except (TypeError, ValueError) as exc:  # not JSON (bytes, NaN, a cycle): only a Python caller can send it
+        raise RequestError(f"response_format.json_schema.schema is not JSON: {exc}") from None
 
 
 def to_hf_messages(request: GenerationRequest) -> tuple[list[dict[str, Any]], list[ImageSource]]:

@@ -16,6 +16,7 @@ from vlray.config import EngineConfig
 from vlray.inputs.preprocessor import RequestPreprocessor
 from vlray.model.device_profile import DeviceProfile, detect_profile
 from vlray.model.fp16_residual import keep_residual_in_fp32
+from vlray.model.generation_defaults import sampling_defaults
 from vlray.model.plan_command import log_device_plan
 from vlray.model.quantization.quantized_loading import load_quantized
 from vlray.model.source import model_fingerprint, resolve_model_dir
@@ -86,7 +87,8 @@ def load_preprocessor(config: EngineConfig, image_cache: BlobCache | None = None
     return RequestPreprocessor(processor, max_model_len, config.default_max_tokens, config.max_input_pixels,
                                image_cache=image_cache if config.uses_preprocessed_cache else None,
                                max_images_per_request=config.max_images_per_request,
-                               max_request_chars=config.max_request_chars)
+                               max_request_chars=config.max_request_chars,
+                               sampling_defaults=sampling_defaults(model_dir, config.sampling_defaults))
 
 
 def load_model(config: EngineConfig, profile: DeviceProfile | None = None) -> LoadedModel:

@@ -44,7 +44,7 @@ class HFGenerateRunner:
             pad_token_id=self.pad_token_id,
             disable_compile=not self.profile.allow_compile,
         )
-        sampler = RowSampler(params, self.profile.device)
+        sampler = RowSampler(params, self.profile.device, batch.prompt_len, [r.num_prompt_tokens for r in requests])
         stopper = RowStopper(params, batch.prompt_len, self.tokenizer)
         with torch.inference_mode(), attention_kernels(self.profile):
             output = self.model.generate(

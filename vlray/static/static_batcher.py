@@ -4,6 +4,11 @@ The reference path (`EngineConfig(backend="hf")`): every optimised path must giv
 wait here until a step takes the batch that holds the oldest of them, cut by kind and prompt length within the
 token budget (bucketing.py); the step runs that batch to its end. A batch that fails as a whole (out of memory,
 say) is retried one request at a time, so that only the requests that fail alone fail.
+
+It keeps fewer sampling options than the engine, and says so: temperature, top_p, top_k, min_p, seed and the
+repetition, presence and frequency penalties work as in the engine (the same functions); `logprobs`,
+structured output (`response_format`) and prefix groups (n > 1 samples sharing one prefill) are refused at
+`add` with a RequestError naming the field.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from vlray.engine.token_stream import DeltaSink
 from vlray.inputs.prepared_request import PreparedRequest
 from vlray.model.loader import LoadedModel
 from vlray.model.vision_encoder import to_mm_encoder_outputs
-from vlray.schema import GenerationResult
+from vlray.schema import GenerationResult, RequestError
 from vlray.static.bucketing import BatchItem, plan_batches
 from vlray.static.hf_generate_runner import HFGenerateRunner
 from vlray.static.model_batch import collate
@@ -54,6 +59,15 @@ class StaticBatcher:
         self.waiting: list[StaticRequest] = []  # in arrival order
 
     def add(self, prepared: PreparedRequest) -> StaticRequest:
+        """Queue a request; RequestError naming the field when it asks for what this path lacks."""
+        refused = [name for name, asked in (
+            ("logprobs", prepared.sampling.logprobs is not None),
+            ("response_format", prepared.sampling.structured is not None),
+            ("n", prepared.prefix_group is not None),
+        ) if asked]
+        if refused:
+            raise RequestError(f"{', '.join(refused)}: not supported by the static path (backend hf); use the "
+                               "engine backend", kind="unsupported")
         request = StaticRequest(prepared)
         self.waiting.append(request)
         return request
