@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from vlray.engine.parallel_sampling import expand_samples
+from vlray.engine.sampling.parallel_sampling import expand_samples
 from vlray.llm import LLM
 
 PROMPT = {"id": "p", "prompt": "Describe a busy street at night with many signs.", "max_tokens": 24}

@@ -4,7 +4,7 @@ import torch
 
 from vlray.engine.generated_sequence import finish_sequence
 from vlray.inputs.prepared_request import SamplingParams
-from vlray.engine.sampler import sample_token
+from vlray.engine.sampling.sampler import sample_token
 from vlray.static.generation_controls import RowSampler
 
 EOS = {2, 0}

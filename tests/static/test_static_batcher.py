@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlray.engine.parallel_sampling import expand_samples
+from vlray.engine.sampling.parallel_sampling import expand_samples
 from vlray.llm import LLM
 from vlray.testing.reference import reference_generate
 from vlray.testing.sample_images import make_image

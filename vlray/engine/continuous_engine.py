@@ -4,7 +4,7 @@ Its step is nano-vllm's, with vLLM's data at the boundaries:
 `SchedulerOutput = scheduler.schedule()` -> `ModelRunnerOutput = runner.run(it)` -> `postprocess(it)`.
 The scheduler picks which sequences prefill (through transformers' Qwen3-VL forward, so vision and 3-D
 positions stay exact) and which decode one token (the fast path); postprocess samples every sequence's next
-token (vlray/engine/sampler.py: penalties over each request's token counts, kept on the device, then the
+token (vlray/engine/sampling/sampler.py: penalties over each request's token counts, kept on the device, then the
 filters and a seeded draw; logprobs of the raw logits where asked), each request's RequestStream turns tokens
 into text deltas and decides when it ends (EOS, max_tokens, stop strings), and a finished request leaves the
 batch at once.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from vlray.engine.block_manager import BlockManager
 from vlray.engine.image_encoder import ImageEncoder
 from vlray.engine.kv_cache import KVCache, KVCacheShape, kv_cache_budget
 from vlray.engine.runner.model_runner import ModelRunner, ModelRunnerOutput
-from vlray.engine.sampler import StepLogprobs, TokenCounts, apply_penalties, choose, make_generator
+from vlray.engine.sampling.sampler import StepLogprobs, TokenCounts, apply_penalties, choose, make_generator
 from vlray.engine.scheduler import Scheduler
 from vlray.engine.sequence import ImageSpan, Sequence
 from vlray.engine.token_stream import DeltaSink, RequestStream
@@ -37,6 +38,9 @@ from vlray.inputs.prepared_request import PreparedRequest
 from vlray.model.loader import LoadedModel
 from vlray.schema import GenerationResult, RequestError, TokenLogprob
 from vlray.stats import PipelineStats
+
+if TYPE_CHECKING:  # xgrammar takes a second to import: only an engine that meets a grammar request pays for it
+    from vlray.engine.sampling.structured_output import GrammarCompiler, GrammarState
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ class _RequestState:
     stream: RequestStream
     generator: torch.Generator | None
     counts: TokenCounts | None = None  # on the device, from its first sampled step, when it has penalties
+    grammar: GrammarState | None = None  # when its sampling asks for structured output
 
 
 class ContinuousBatchingEngine:
@@ -73,6 +78,8 @@ class ContinuousBatchingEngine:
         self.device = torch.device(profile.device)
         self.eos_token_ids = set(loaded.eos_token_ids)
         self.tokenizer = loaded.tokenizer
+        self.vocab_size = text.vocab_size
+        self._grammar_compiler: GrammarCompiler | None = None  # built when a request first asks for a grammar
         self._seq_ids = itertools.count()
         log.info("KV cache: %d blocks of %d tokens (%.1f MiB)", self.kv_cache.num_blocks, config.block_size,
                  self.kv_cache.num_bytes / 2**20)
@@ -83,7 +90,8 @@ class ContinuousBatchingEngine:
                        _image_spans(prepared), prefix_group=prepared.prefix_group)
         stream = RequestStream(prepared.request_id, prepared.sampling, prepared.num_prompt_tokens,
                                self.eos_token_ids, self._decode_text)
-        seq.payload = _RequestState(prepared, stream, make_generator(prepared.sampling, self.device))
+        seq.payload = _RequestState(prepared, stream, make_generator(prepared.sampling, self.device),
+                                    grammar=self._grammar_for(prepared))
         try:
             self.scheduler.add(seq)
         except ValueError as exc:
@@ -91,6 +99,17 @@ class ContinuousBatchingEngine:
                                kind="kv_cache_too_small") from None
         self.runner.add_request(seq.seq_id, prepared)
         return seq
+
+    def _grammar_for(self, prepared: PreparedRequest) -> GrammarState | None:
+        """The request's grammar state (RequestError naming response_format when its schema cannot be used)."""
+        spec = prepared.sampling.structured
+        if spec is None:
+            return None
+        if self._grammar_compiler is None:
+            from vlray.engine.sampling.structured_output import GrammarCompiler
+
+            self._grammar_compiler = GrammarCompiler(self.tokenizer, self.vocab_size, self.eos_token_ids)
+        return self._grammar_compiler.matcher(spec)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -138,6 +157,8 @@ class ContinuousBatchingEngine:
                 seq.append_token(token)
                 if state.counts is not None:
                     state.counts.add(token)
+                if state.grammar is not None:
+                    state.grammar.accept(token)
                 delta = state.stream.push([token], None if logprob is None else [logprob])
             except Exception as exc:
                 log.exception("request %s failed in postprocess", state.prepared.request_id)
@@ -186,8 +207,15 @@ class ContinuousBatchingEngine:
                 state.counts = TokenCounts(seq.token_ids, seq.num_prompt_tokens, logits.shape[-1], self.device,
                                            with_seen=p.repetition_penalty != 1.0)
         logprobs = StepLogprobs(logits, params)  # of the raw logits: taken before anything changes them
+        raw = logits
         logits = apply_penalties(logits, params, [s.counts for s in states])
-        # Structured output masks the logits here: after the penalties, before the draw.
+        grammars = [s.grammar for s in states]
+        if any(g is not None for g in grammars):
+            # After the penalties, before the draw; on a copy, so a retry row by row starts from the raw logits.
+            from vlray.engine.sampling.structured_output import apply_grammar
+
+            logits = logits.clone() if logits.data_ptr() == raw.data_ptr() else logits
+            apply_grammar(logits, grammars)
         chosen = choose(logits, params, [s.generator for s in states])
         return chosen.tolist(), logprobs.resolve(chosen)
 

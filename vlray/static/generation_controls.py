@@ -3,7 +3,7 @@
 `generate` takes one GenerationConfig per call. To batch requests with different temperature, top_p, seed,
 max_tokens and stop strings, we run it greedily and let these hooks act per row:
 - RowSampler first applies each row's repetition, presence and frequency penalties (the engine's own functions,
-  vlray/engine/sampler.py, on counts built from generate's input_ids each step), then draws each sampled row's
+  vlray/engine/sampling/sampler.py, on counts built from generate's input_ids each step), then draws each sampled row's
   token (temperature, top_k, top_p, min_p) with that row's own seeded generator and leaves only that token
   standing, so greedy selection picks it; greedy rows keep their penalised logits. A row's tokens therefore do
   not depend on which other rows share its batch: same seed, same tokens.
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerBase, StoppingCriteria
 
-from vlray.engine.sampler import choose, make_generator, penalize
+from vlray.engine.sampling.sampler import choose, make_generator, penalize
 from vlray.inputs.prepared_request import SamplingParams
 
 

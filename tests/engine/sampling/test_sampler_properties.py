@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vlray.engine.sampler import StepLogprobs, TokenCounts, make_generator, sample
+from vlray.engine.sampling.sampler import StepLogprobs, TokenCounts, make_generator, sample
 from vlray.inputs.prepared_request import GREEDY_TEMPERATURE_BELOW, SamplingParams
 from vlray.schema import RequestError, parse_request
 

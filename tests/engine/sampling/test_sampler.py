@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from vlray.engine.sampler import (
+from vlray.engine.sampling.sampler import (
     StepLogprobs,
     TokenCounts,
     apply_penalties,
