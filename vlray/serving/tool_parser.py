@@ -88,11 +88,15 @@ class ToolCallStream:
     def __init__(self) -> None:
         self._held = ""  # text not released yet: a possible tag start, or an open block
         self._in_call = False
+        self._after_call = False  # newlines right after a call are not content (Qwen puts one between blocks)
 
     def push(self, text: str) -> ToolCallPiece:
         self._held += text
         out = ToolCallPiece()
         while True:
+            if self._after_call and self._held:
+                self._held = self._held.lstrip("\n")
+                self._after_call = not self._held
             if self._in_call:
                 end = self._held.find(CALL_END)
                 if end < 0:
@@ -104,7 +108,7 @@ class ToolCallStream:
                     out.content += CALL_START + body + CALL_END  # not a call: the text as the model wrote it
                 else:
                     out.calls.append(call)
-                    self._held = self._held.lstrip("\n")  # Qwen puts a newline between blocks: not content
+                    self._after_call = True
                 continue
             start = self._held.find(CALL_START)
             if start >= 0:
