@@ -111,7 +111,8 @@ def test_tools_are_rendered_by_the_template_unless_tool_choice_is_none(client, s
 def test_a_tool_round_trip_history_is_accepted(client, service):
     history = USER + [
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": '{"celsius": 21}'},
     ]
     answer = client.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER], max_tokens=4)

@@ -72,3 +72,4 @@ def test_forced_calls_are_bare_json():
     assert content is None and json.loads(call.arguments) == {"a": 1}
     assert parse_forced_calls('{"truncated": ') == ('{"truncated": ', [])
     assert parse_forced_calls("[]") == ("[]", [])
+

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def build_openai_app(service: ChatService, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
-    """Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /v1/models/{id}, GET /health. A body over
-    max_request_bytes is a 413, found while it is read (Ray Serve's proxy sets no limit of its own)."""
+    """Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /v1/models/{id}, GET /health.
+    A body over max_request_bytes is a 413, found while it is read (Ray Serve's proxy sets no limit of its own)."""
     app = FastAPI(title="vlray", summary="OpenAI-compatible Qwen3-VL chat", docs_url=None, redoc_url=None)
 
     @app.exception_handler(APIError)

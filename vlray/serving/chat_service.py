@@ -1,9 +1,9 @@
-"""The OpenAI chat and text completion API over one AsyncEngine: parse and check a body, preprocess it off the event loop, then
-answer it whole or as server-sent events. No web framework here: vlray/serving/app.py puts it on HTTP."""
+"""The OpenAI chat and text completion API over one AsyncEngine: parse and check a body, preprocess it off the
+event loop, then answer it whole or as server-sent events. No web framework here: vlray/serving/app.py puts it
+on HTTP."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -39,7 +39,7 @@ from vlray.serving.protocol import (
     ModelList,
     TextCompletion,
 )
-from vlray.serving.sample_streams import close_all, merge_samples
+from vlray.serving.sample_streams import close_all, gather_or_cancel, merge_samples
 from vlray.serving.stream_events import ChatEvents, TextEvents
 
 try:  # ENGINE's n > 1 (issue 11); until it is merged, n > 1 is refused
@@ -92,7 +92,7 @@ class ChatService:
         """The whole answer, one choice per sample."""
         request_id, samples = await self._prepare(request)
         try:
-            results = await asyncio.gather(*[self.engine.generate(p) for p in samples])
+            results = await gather_or_cancel([self.engine.generate(p) for p in samples])
         except QueueFullError as exc:
             raise _busy(exc) from None
         for result in results:
@@ -113,7 +113,7 @@ class ChatService:
         request_id, samples = await self._prepare(request)
         streams = [self.engine.stream(p) for p in samples]
         try:
-            firsts = list(await asyncio.gather(*[anext(s) for s in streams]))
+            firsts = await gather_or_cancel([anext(s) for s in streams])
         except QueueFullError as exc:
             await close_all(streams)
             raise _busy(exc) from None
@@ -145,7 +145,7 @@ class ChatService:
             # Image decoding, fetching and tokenizing take a while: off the event loop, in the request's lane.
             prepared = await self.pool.run(generation, self.preprocessor.prepare)
         except RequestError as exc:
-            raise error_from_request(exc) from None
+            raise error_from_request(exc, _param_of(exc, request)) from None
         return request_id, [prepared] if request.n == 1 else expand_samples(prepared, request.n)
 
     async def _events(self, events: "ChatEvents | TextEvents", firsts: list[StreamDelta],
@@ -163,6 +163,15 @@ class ChatService:
             yield f"data: {json.dumps(_failed(exc.result).body())}\n\n"  # OpenAI's clients raise on it
         finally:
             await close_all(streams)
+
+
+def _param_of(exc: RequestError, request: ChatCompletionRequest | CompletionRequest) -> str:
+    """The field a refused request is named by: the JSON format the engine could not compile (a forced tool
+    call's comes from the tools' parameters), else the input."""
+    if "response_format" in str(exc):
+        return "tools" if isinstance(request, ChatCompletionRequest) and request.forces_tool_call else \
+            "response_format"
+    return "messages" if isinstance(request, ChatCompletionRequest) else "prompt"
 
 
 def _parse(model: type[BaseModel], body: bytes):

@@ -30,9 +30,10 @@ class APIError(Exception):
         return ErrorResponse(error=self.detail).model_dump()
 
 
-def error_from_request(exc: RequestError) -> APIError:
-    """A request the engine refused (bad image, prompt over the context, ...): 400."""
-    return APIError(400, str(exc), param="messages", code=_CODES.get(exc.kind, exc.kind))
+def error_from_request(exc: RequestError, param: str = "messages") -> APIError:
+    """A request the engine refused (bad image, prompt over the context, a schema that does not compile, ...):
+    400, naming the field it came from."""
+    return APIError(400, str(exc), param=param, code=_CODES.get(exc.kind, exc.kind))
 
 
 def error_from_validation(exc: ValidationError) -> APIError:

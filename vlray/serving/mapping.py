@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -176,7 +175,3 @@ def chunk(request_id: str, model: str, created: int, delta: DeltaMessage | None 
     choices = [ChunkChoice(index=index, delta=delta or DeltaMessage(), finish_reason=finish_reason,
                            logprobs=logprobs)] if has_choice else []
     return ChatCompletionChunk(id=request_id, created=created, model=model, choices=choices, usage=usage)
-
-
-def json_text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)

@@ -64,8 +64,8 @@ class ChatMessage(_Body):
     @model_validator(mode="after")
     def _content_where_needed(self) -> "ChatMessage":
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError(f"content: a {self.role} message needs content (only an assistant turn with tool_calls may "
-                             "leave it out)")
+            raise ValueError(f"content: a {self.role} message needs content (only an assistant turn with "
+                             "tool_calls may leave it out)")
         if self.tool_calls and self.role != "assistant":
             raise ValueError("tool_calls: only assistant messages carry tool_calls")
         if self.role == "tool" and not self.tool_call_id:

@@ -4,8 +4,10 @@ arrive, so that a client reads every choice as it is made."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _DONE = object()
 
@@ -46,6 +48,21 @@ async def merge_samples(firsts: Sequence[Any], streams: Sequence[AsyncGenerator[
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def gather_or_cancel(awaitables: Sequence[Awaitable[T]]) -> list[T]:
+    """All results, in order; when one fails, the others are cancelled (and waited for) before it is raised, so
+    no sample of a refused request goes on generating, and its streams can be closed."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    if pending:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    return [task.result() for task in tasks]
 
 
 async def close_all(streams: Sequence[AsyncGenerator[Any, None]]) -> None:
