@@ -46,6 +46,11 @@ try:  # ENGINE's n > 1 (issue 11); until it is merged, n > 1 is refused
     from vlray.engine.parallel_sampling import expand_samples
 except ImportError:  # pragma: no cover - goes with the merge
     expand_samples = None
+try:  # ENGINE's token bytes (issue 11); until it is merged, a token's bytes are those of its decoded text
+    from vlray.engine.token_text import token_pieces
+except ImportError:  # pragma: no cover - goes with the merge
+    def token_pieces(tokenizer, token_ids):
+        return [(text, text.encode()) for text in (tokenizer.decode([i]) for i in token_ids)]
 
 
 class ChatService:
@@ -65,8 +70,9 @@ class ChatService:
         self.retry_after_s = retry_after_s
         self.num_admitted = 0
         tokenizer = preprocessor.processor.tokenizer
-        # A token's text as logprobs show it: decode([id]), as vLLM does (a byte of a longer character is U+FFFD).
-        self.token_text = lru_cache(maxsize=1 << 16)(lambda token_id: tokenizer.decode([token_id]))
+        # A token as logprobs show it: its text as decode([id]) gives it, as vLLM does (a token holding part of a
+        # character decodes to U+FFFD), and the bytes it stands for.
+        self.token_text = lru_cache(maxsize=1 << 16)(lambda token_id: token_pieces(tokenizer, [token_id])[0])
 
     def admit(self) -> None:
         """Take one of the service's places for a request's whole life (give it back with `release`), or refuse

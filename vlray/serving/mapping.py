@@ -30,8 +30,8 @@ from vlray.serving.tool_parser import ParsedToolCall, parse_forced_calls, parse_
 _SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
                     "repetition_penalty", "seed", "stop")
 
-TokenText = Callable[[int], str]
-"""A token id's text, as logprobs show it."""
+TokenText = Callable[[int], tuple[str, bytes]]
+"""A token id's text and bytes, as logprobs show them."""
 
 
 def _sampling(body: SamplingFields) -> dict[str, Any]:
@@ -131,8 +131,9 @@ def chat_logprobs(logprobs: Sequence[Any] | None, token_text: TokenText) -> Choi
     if logprobs is None:
         return None
     def entry(token_id: int, logprob: float) -> dict[str, Any]:
-        text = token_text(token_id)
-        return {"token": text, "logprob": max(logprob, -9999.0), "bytes": list(text.encode("utf-8"))}
+        text, raw = token_text(token_id)
+        # -inf (a token the filters removed) is not JSON: OpenAI and vLLM send -9999 for it.
+        return {"token": text, "logprob": max(logprob, -9999.0), "bytes": list(raw)}
     return ChoiceLogprobs(content=[
         TokenLogprobOut(**entry(lp.token_id, lp.logprob),
                         top_logprobs=[TopLogprob(**entry(tid, value)) for tid, value in lp.top])
@@ -146,10 +147,10 @@ def completion_logprobs(logprobs: Sequence[Any] | None, token_text: TokenText, t
         return None
     out = CompletionLogprobs()
     for lp in logprobs:
-        token = token_text(lp.token_id)
+        token = token_text(lp.token_id)[0]
         out.tokens.append(token)
         out.token_logprobs.append(max(lp.logprob, -9999.0))
-        out.top_logprobs.append({token_text(tid): max(value, -9999.0) for tid, value in lp.top})
+        out.top_logprobs.append({token_text(tid)[0]: max(value, -9999.0) for tid, value in lp.top})
         out.text_offset.append(text_offset)
         text_offset += len(token)
     return out
