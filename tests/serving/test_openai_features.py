@@ -90,12 +90,15 @@ def test_a_repetition_penalty_changes_greedy_output(client):
 
 
 @needs_penalties
-def test_a_presence_penalty_changes_seeded_sampling(client):
-    args = dict(model=MODEL, messages=USER, max_tokens=16, temperature=1.0, seed=11)
-    plain = client.chat.completions.create(**args)
-    assert client.chat.completions.create(**args).choices[0].message.content == plain.choices[0].message.content
-    penalised = client.chat.completions.create(**args, presence_penalty=2.0, frequency_penalty=2.0)
-    assert penalised.choices[0].message.content != plain.choices[0].message.content
+@pytest.mark.parametrize("penalty", ["presence_penalty", "frequency_penalty"])
+def test_presence_and_frequency_penalties_change_greedy_output_and_seeded_sampling_repeats(client, penalty):
+    args = dict(model=MODEL, messages=USER, max_tokens=24, temperature=0)
+    plain = client.chat.completions.create(**args).choices[0].message.content
+    # Greedy random weights loop: a penalty on the tokens already generated must break the loop.
+    assert client.chat.completions.create(**args, **{penalty: 2.0}).choices[0].message.content != plain
+    sampled = dict(args, temperature=1.0, seed=11, **{penalty: 1.5})
+    assert (client.chat.completions.create(**sampled).choices[0].message.content
+            == client.chat.completions.create(**sampled).choices[0].message.content)
 
 
 def test_tools_are_rendered_by_the_template_unless_tool_choice_is_none(client, service):
