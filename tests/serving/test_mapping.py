@@ -153,3 +153,17 @@ def test_non_finite_floats_are_refused(field, value):
 def test_fields_that_ask_for_nothing_are_accepted():
     _chat(logit_bias={}, functions=[], n=16, tools=[], tool_choice="none", logprobs=False, top_logprobs=0,
           response_format={"type": "text"}, parallel_tool_calls=True, top_k=0, min_p=0, presence_penalty=0)
+
+
+@pytest.mark.skipif(not hasattr(__import__("vlray.inputs.prepared_request").inputs.prepared_request,
+                                "StructuredOutput"), reason="StructuredOutput (issue 11 ENGINE)")
+def test_a_forced_call_reaches_the_sampling_params_as_a_json_schema(tiny_loaded):
+    from vlray.inputs.preprocessor import RequestPreprocessor
+
+    preprocessor = RequestPreprocessor(tiny_loaded.processor, tiny_loaded.max_model_len, 8, 1 << 20)
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    structured = preprocessor.prepare(to_generation_request(
+        _chat(tools=[WEATHER], tool_choice=named), "r")).sampling.structured
+    assert structured.kind == "json_schema"
+    jsonschema.validate({"name": "get_weather", "arguments": {"city": "Oslo"}}, json.loads(structured.schema))
+    assert preprocessor.prepare(to_generation_request(_chat(tools=[WEATHER]), "r")).sampling.structured is None

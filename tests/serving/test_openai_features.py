@@ -143,7 +143,7 @@ def test_completions_tokenise_the_prompt_without_the_template(client, service, l
 
 @pytest.mark.parametrize("field, value, param", [
     ("echo", True, "echo"), ("suffix", "tail", "suffix"), ("best_of", 3, "best_of"),
-    ("logit_bias", {"5": 10}, "logit_bias"), ("prompt", ["a", "b"], "prompt"), ("logprobs", 6, "logprobs"),
+    ("logit_bias", {"5": 10}, "logit_bias"), ("prompt", ["a", "b"], "prompt"), ("logprobs", 21, "logprobs"),
 ])
 def test_completions_refuse_what_they_do_not_do(base_url, field, value, param):
     body = {"model": MODEL, "prompt": "Hi", "max_tokens": 2, field: value}

@@ -212,7 +212,8 @@ class CompletionRequest(SamplingFields):
     """POST /v1/completions: prompt text, no chat template."""
 
     prompt: str | list[str]
-    logprobs: int | None = Field(default=None, ge=0, le=5, description="The legacy shape: top tokens per step.")
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS,
+                                 description="The legacy shape: the top tokens of each step (vLLM takes up to 20).")
     echo: bool | None = None
     suffix: str | None = None
     best_of: int | None = None
