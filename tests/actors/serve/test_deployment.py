@@ -202,6 +202,26 @@ def test_bad_input_is_a_400_and_the_server_goes_on(base_url, client, case):
     assert client.chat.completions.create(model=MODEL, messages=_user(), max_tokens=2).choices[0].finish_reason
 
 
+def test_completions_and_tools_through_serve(client, llm):
+    prompt = "A photo of a red"
+    expected = llm.generate([{"id": "c", "prompt": prompt, "chat_template": False, "max_tokens": 6}])[0]
+    answer = client.completions.create(model=MODEL, prompt=prompt, max_tokens=6)
+    assert answer.choices[0].text == expected.text and answer.usage.prompt_tokens == expected.num_prompt_tokens
+    streamed = "".join(c.choices[0].text for c in client.completions.create(model=MODEL, prompt=prompt, max_tokens=6,
+                                                                            stream=True) if c.choices)
+    assert streamed == expected.text
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    history = _user("Find it.") + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_0", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_0", "content": "found"}]
+    expected = llm.generate([{"id": "t", "messages": history, "tools": tools, "max_tokens": 5}])[0]
+    answer = client.chat.completions.create(model=MODEL, messages=history, tools=tools, max_tokens=5,
+                                            extra_body={"top_k": 0, "repetition_penalty": 1.0})
+    assert answer.usage.prompt_tokens == expected.num_prompt_tokens
+    assert answer.choices[0].message.content == expected.text
+
+
 def test_unknown_model_is_a_404(client):
     with pytest.raises(openai.NotFoundError, match="does not exist here") as info:
         client.chat.completions.create(model="gpt-4o", messages=_user())
