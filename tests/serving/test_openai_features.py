@@ -35,8 +35,9 @@ needs_grammar = pytest.mark.skipif(not HAS_GRAMMAR, reason="structured output (i
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
-                   "additionalProperties": False}}}
+    # An enum, so that random weights under the grammar end the string (a free one could run to max_tokens).
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+                   "required": ["city"], "additionalProperties": False}}}
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
@@ -204,29 +205,33 @@ def test_logprobs_in_openais_shape_streamed_and_not(client, service):
 def test_json_schema_output_validates_streamed_and_not(client):
     import jsonschema
 
+    # Closed values only: random weights under the grammar must reach the end of the JSON within max_tokens.
     schema = {"type": "object", "properties": {"colour": {"type": "string", "enum": ["red", "blue"]},
-                                               "count": {"type": "integer"}},
-              "required": ["colour", "count"], "additionalProperties": False}
+                                               "ok": {"type": "boolean"}},
+              "required": ["colour", "ok"], "additionalProperties": False}
     fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
-    whole = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=64, response_format=fmt)
+    whole = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=128, response_format=fmt)
     jsonschema.validate(json.loads(whole.choices[0].message.content), schema)
-    chunks = list(client.chat.completions.create(model=MODEL, messages=USER, max_tokens=64, response_format=fmt,
+    chunks = list(client.chat.completions.create(model=MODEL, messages=USER, max_tokens=128, response_format=fmt,
                                                  stream=True))
     jsonschema.validate(json.loads("".join(c.choices[0].delta.content or "" for c in chunks if c.choices)), schema)
-    obj = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=64,
-                                         response_format={"type": "json_object"})
-    assert isinstance(json.loads(obj.choices[0].message.content), dict)
+    obj = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=128,
+                                         response_format={"type": "json_object"}).choices[0]
+    # Any object: random weights may not close it within max_tokens; when they do, it parses.
+    assert obj.message.content.lstrip().startswith("{")
+    if obj.finish_reason == "stop":
+        assert isinstance(json.loads(obj.message.content), dict)
 
 
 @needs_grammar
 @pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
 def test_a_forced_tool_call_is_parsed_streamed_and_not(client, tool_choice):
-    args = dict(model=MODEL, messages=USER, tools=[WEATHER], tool_choice=tool_choice, max_tokens=64)
+    args = dict(model=MODEL, messages=USER, tools=[WEATHER], tool_choice=tool_choice, max_tokens=128)
     whole = client.chat.completions.create(**args)
     choice = whole.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     [call] = choice.message.tool_calls[:1]
-    assert call.function.name == "get_weather" and isinstance(json.loads(call.function.arguments)["city"], str)
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments)["city"] in ("Paris", "Rome")
     chunks = list(client.chat.completions.create(**args, stream=True))
     deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
     assert deltas[0].function.name == "get_weather" and deltas[0].id.startswith("call_")
