@@ -150,3 +150,15 @@ def test_langchain_bind_tools_round_trip(base_url, engine, tiny_loaded):
     rendered = tiny_loaded.processor.tokenizer.decode(engine.prepared[-1].input_ids.tolist())
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in rendered
     assert "<tool_response>\n" in rendered and '"celsius": 21' in rendered
+
+
+def test_langchain_streams_a_call_from_the_deltas(base_url, engine):
+    model = ChatOpenAI(model=MODEL, base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    engine.script = ["One moment. " + CALL]
+    bound = model.bind_tools([WEATHER], tool_choice="auto")
+    message = None
+    for piece in bound.stream([HumanMessage("Weather in Paris?")]):
+        message = piece if message is None else message + piece
+    assert message.content == "One moment. "
+    [call] = message.tool_calls
+    assert call["name"] == "get_weather" and call["args"] == {"city": "Paris"} and call["id"].startswith("call_")
