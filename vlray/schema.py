@@ -46,10 +46,37 @@ class ImageURLPart(BaseModel):
 ContentPart = Union[TextPart, ImageURLPart]
 
 
+class ToolCallFunction(BaseModel):
+    name: str = Field(min_length=1)
+    arguments: str = Field(description="The call's arguments as JSON text, as OpenAI sends them.")
+
+
+class ToolCall(BaseModel):
+    """An assistant's earlier call of a tool, in OpenAI's shape."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "user", "assistant"]
-    content: str | list[ContentPart]
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = Field(
+        default=None, description="None only in an assistant turn that calls tools.")
+    tool_calls: list[ToolCall] | None = Field(default=None, description="Assistant turns: the tools it called.")
+    tool_call_id: str | None = Field(default=None, description="Tool turns: the call this is the result of.")
+
+    @model_validator(mode="after")
+    def _content_where_needed(self) -> "ChatMessage":
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content (only an assistant turn with tool_calls may "
+                             "leave it out)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        return self
 
 
 class GenerationRequest(BaseModel):
@@ -88,6 +115,11 @@ class GenerationRequest(BaseModel):
     seed: int | None = Field(default=None, description="Same seed, same sampled tokens; any integer (reduced "
                                                        "modulo 2**64, the generator's range).")
     stop: list[str] = Field(default_factory=list, description="Strings that end generation (not included).")
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, description="OpenAI function tools, rendered through the model's chat template (`tools=`).")
+    chat_template: bool = Field(
+        default=True, description="False: `prompt` is tokenised as it is, with no chat template and no images "
+                                  "(/v1/completions).")
 
     @field_validator("id", mode="before")
     @classmethod
@@ -115,6 +147,8 @@ class GenerationRequest(BaseModel):
             raise ValueError("give either `prompt` (with `images`) or `messages`, not both")
         if self.messages is None and self.prompt is None:
             raise ValueError("a request needs `prompt` or `messages`")
+        if not self.chat_template and (self.messages is not None or self.images):
+            raise ValueError("chat_template=False takes a `prompt` alone: no `messages`, no `images`")
         if any(s == "" for s in self.stop):
             raise ValueError("`stop` strings must not be empty")
         for name in BOUNDED_FIELDS:

@@ -118,7 +118,33 @@ def _cases(image_root, hostile):
         "top_p 0": (_chat(top_p=0), 400, "invalid_request"),
         "max_tokens 0": (_chat(max_tokens=0), 400, "invalid_request"),
         "empty stop": (_chat(stop=[""]), 400, "invalid_request"),
-        "n 2": (_chat(n=2), 400, "invalid_request"),
+        "n 17": (_chat(n=17), 400, "invalid_request"),
+        "n -1": (_chat(n=-1), 400, "invalid_request"),
+        "top_k 2**70": (_chat(top_k=2**70), 200, None),
+        "top_k -2": (_chat(top_k=-2), 400, "invalid_request"),
+        "min_p NaN": (b'{"model": "%s", "messages": [{"role": "user", "content": "x"}], "min_p": NaN}'
+                      % MODEL.encode(), 400, None),
+        "repetition_penalty 1e-300": (_chat(repetition_penalty=1e-300), 200, None),
+        "repetition_penalty -1": (_chat(repetition_penalty=-1), 400, "invalid_request"),
+        "presence_penalty Infinity": (b'{"model": "%s", "messages": [{"role": "user", "content": "x"}], '
+                                      b'"presence_penalty": Infinity}' % MODEL.encode(), 400, None),
+        "frequency_penalty -2": (_chat(frequency_penalty=-2, temperature=1.0, seed=1), 200, None),
+        "top_logprobs 10**6": (_chat(logprobs=True, top_logprobs=10**6), 400, "invalid_request"),
+        "logit_bias": (_chat(logit_bias={"1": 100}), 400, "invalid_request"),
+        "function_call": (_chat(function_call={"name": "f"}), 400, "invalid_request"),
+        "tool without function": (_chat(tools=[{"type": "function"}]), 400, "invalid_request"),
+        "tool schema not an object": (_chat(tools=[{"type": "function", "function": {"name": "f", "parameters": 3}}]),
+                                      400, "invalid_request"),
+        "audio part": (_chat([{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]), 400,
+                       "invalid_request"),
+        "tool turn without id": (_chat([{"role": "tool", "content": "x"}]), 400, "invalid_request"),
+        "assistant null content": (_chat([{"role": "user", "content": "x"}, {"role": "assistant", "content": None}]),
+                                   400, "invalid_request"),
+        "completions echo": ({"model": MODEL, "prompt": "x", "echo": True, "_path": "/v1/completions"}, 400,
+                             "invalid_request"),
+        "completions prompt list of 2": ({"model": MODEL, "prompt": ["a", "b"], "_path": "/v1/completions"}, 400,
+                                         "invalid_request"),
+        "completions empty prompt": ({"model": MODEL, "prompt": "", "_path": "/v1/completions"}, 400, None),
         # Bodies.
         "malformed JSON": (b'{"model": ', 400, "invalid_json"),
         "empty body": (b"", 400, "invalid_json"),
@@ -162,9 +188,12 @@ CASE_NAMES = list(_cases("/root", "127.0.0.1:1"))
 
 
 def _send(base_url, body):
+    path = "/v1/chat/completions"
+    if isinstance(body, dict) and "_path" in body:
+        body = dict(body)
+        path = body.pop("_path")
     sent = {"content": body} if isinstance(body, bytes) else {"json": body}
-    return httpx.post(f"{base_url}/v1/chat/completions", headers={"Content-Type": "application/json"},
-                      timeout=120, **sent)
+    return httpx.post(f"{base_url}{path}", headers={"Content-Type": "application/json"}, timeout=120, **sent)
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)

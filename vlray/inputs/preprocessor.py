@@ -62,7 +62,9 @@ class RequestPreprocessor:
         structured = structured_output_of(request.response_format)  # refused before anything costly
         hf_messages, sources = to_hf_messages(request)
         self._check_size(hf_messages, sources)
-        text = self.processor.apply_chat_template(hf_messages, tokenize=False, add_generation_prompt=True)
+        text = (self.processor.apply_chat_template(hf_messages, tools=request.tools, tokenize=False,
+                                                   add_generation_prompt=True)
+                if request.chat_template else hf_messages[0]["content"][0]["text"])
         if len(text) > self.max_model_len * self.max_chars_per_token:
             raise RequestError(
                 f"prompt is {len(text)} characters, at least {len(text) // self.max_chars_per_token} tokens: over "
@@ -121,7 +123,7 @@ class RequestPreprocessor:
             raise RequestError(f"the request has {len(sources)} images, over the limit of "
                                f"{self.max_images_per_request} (max_images_per_request)", kind="too_many_images")
         chars = sum(len(m["content"]) if isinstance(m["content"], str) else
-                    sum(len(p.get("text", "")) for p in m["content"]) for m in hf_messages)
+                    sum(len(p.get("text", "")) for p in m["content"] or []) for m in hf_messages)
         if chars > self.max_request_chars:
             raise RequestError(f"the request has {chars} characters of text, over the limit of "
                                f"{self.max_request_chars} (max_request_chars)", kind="request_too_large")
@@ -170,15 +172,21 @@ def to_hf_messages(request: GenerationRequest) -> tuple[list[dict[str, Any]], li
     sources: list[ImageSource] = []
     has_user_input = False
     for message in request.messages:
-        if isinstance(message.content, str):
-            messages.append({"role": message.role, "content": message.content})
-            has_user_input |= message.role == "user" and bool(message.content.strip())
+        # Tool calls go to the template as OpenAI sends them: it renders each as a <tool_call> block.
+        extra: dict[str, Any] = {}
+        if message.tool_calls:
+            extra["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+        if message.tool_call_id is not None:
+            extra["tool_call_id"] = message.tool_call_id
+        if message.content is None or isinstance(message.content, str):
+            messages.append({"role": message.role, "content": message.content, **extra})
+            has_user_input |= message.role in ("user", "tool") and bool((message.content or "").strip())
             continue
         parts: list[dict[str, Any]] = []
         for part in message.content:
             if part.type == "text":
                 parts.append({"type": "text", "text": part.text})
-                has_user_input |= message.role == "user" and bool(part.text.strip())
+                has_user_input |= message.role in ("user", "tool") and bool(part.text.strip())
             else:
                 if message.role != "user":
                     raise RequestError(f"images are only accepted in user messages, not {message.role}",
@@ -186,7 +194,7 @@ def to_hf_messages(request: GenerationRequest) -> tuple[list[dict[str, Any]], li
                 parts.append({"type": "image"})
                 sources.append(part.image_url.url)
                 has_user_input = True
-        messages.append({"role": message.role, "content": parts})
+        messages.append({"role": message.role, "content": parts, **extra})
     if not has_user_input:
         raise RequestError("no user message with text or images", kind="empty_prompt")
     return messages, sources

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -21,8 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def build_openai_app(service: ChatService, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
-    """Routes: POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /health. A body over
-    max_request_bytes is a 413, found while it is read (Ray Serve's proxy sets no limit of its own)."""
+    """Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /v1/models/{id}, GET /health.
+    A body over max_request_bytes is a 413, found while it is read (Ray Serve's proxy sets no limit of its own)."""
     app = FastAPI(title="vlray", summary="OpenAI-compatible Qwen3-VL chat", docs_url=None, redoc_url=None)
 
     @app.exception_handler(APIError)
@@ -39,12 +40,11 @@ def build_openai_app(service: ChatService, max_request_bytes: int = DEFAULT_MAX_
         log.exception("%s %s failed", request.method, request.url.path)
         return await api_error(request, APIError(500, f"internal error: {exc}", type="server_error"))
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
+    async def answer(request: Request, parse: Callable[[bytes], Any]) -> Response:
         service.admit()  # before the body is read: a flood of large bodies is bounded too
         streaming = False
         try:
-            body = service.parse(await read_body(request, max_request_bytes))
+            body = parse(await read_body(request, max_request_bytes))
             if body.stream:
                 events = await service.open_stream(body)
                 streaming = True
@@ -54,6 +54,15 @@ def build_openai_app(service: ChatService, max_request_bytes: int = DEFAULT_MAX_
         finally:
             if not streaming:
                 service.release()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await answer(request, service.parse)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        """Prompt text as it is, no chat template (for clients that still use the legacy API)."""
+        return await answer(request, service.parse_completion)
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:

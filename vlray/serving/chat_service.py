@@ -1,9 +1,9 @@
-"""The OpenAI chat API over one AsyncEngine: parse and check a body, preprocess it off the event loop, then
-answer it whole or as server-sent events. No web framework here: vlray/serving/app.py puts it on HTTP."""
+"""The OpenAI chat and text completion API over one AsyncEngine: parse and check a body, preprocess it off the
+event loop, then answer it whole or as server-sent events. No web framework here: vlray/serving/app.py puts it
+on HTTP."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -11,22 +11,50 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 
-from pydantic import ValidationError
+from functools import lru_cache
+
+from pydantic import BaseModel, ValidationError
 
 from vlray.engine.async_engine import AsyncEngine, GenerationError
 from vlray.engine.request_queue import QueueFullError
 from vlray.engine.token_stream import StreamDelta
 from vlray.inputs.prepared_request import PreparedRequest
 from vlray.inputs.preprocessor import RequestPreprocessor
-from vlray.schema import GenerationResult, RequestError
+from vlray.schema import GenerationRequest, GenerationResult, RequestError
 from vlray.serving.errors import APIError, error_from_request, error_from_validation
-from vlray.serving.mapping import chunk, completion, to_generation_request, usage_of
+from vlray.serving.mapping import (
+    completion,
+    completion_logprobs,
+    to_completion_request,
+    to_generation_request,
+    usage_of_samples,
+)
 from vlray.serving.preprocess_pool import PreprocessPool
-from vlray.serving.protocol import ChatCompletion, ChatCompletionRequest, DeltaMessage, ModelCard, ModelList
+from vlray.serving.protocol import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    CompletionChoice,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    TextCompletion,
+)
+from vlray.serving.sample_streams import close_all, gather_or_cancel, merge_samples
+from vlray.serving.stream_events import ChatEvents, TextEvents
+
+try:  # ENGINE's n > 1 (issue 11); until it is merged, n > 1 is refused
+    from vlray.engine.parallel_sampling import expand_samples
+except ImportError:  # pragma: no cover - goes with the merge
+    expand_samples = None
+try:  # ENGINE's token bytes (issue 11); until it is merged, a token's bytes are those of its decoded text
+    from vlray.engine.token_text import token_pieces
+except ImportError:  # pragma: no cover - goes with the merge
+    def token_pieces(tokenizer, token_ids):
+        return [(text, text.encode()) for text in (tokenizer.decode([i]) for i in token_ids)]
 
 
 class ChatService:
-    """`/v1/chat/completions` and `/v1/models` for one served model."""
+    """`/v1/chat/completions`, `/v1/completions` and `/v1/models` for one served model."""
 
     def __init__(self, preprocessor: RequestPreprocessor, engine: AsyncEngine, model_name: str,
                  pool: PreprocessPool | None = None, max_admitted: int | None = None,
@@ -41,6 +69,10 @@ class ChatService:
         self.max_admitted = max_admitted
         self.retry_after_s = retry_after_s
         self.num_admitted = 0
+        tokenizer = preprocessor.processor.tokenizer
+        # A token as logprobs show it: its text as decode([id]) gives it, as vLLM does (a token holding part of a
+        # character decodes to U+FFFD), and the bytes it stands for.
+        self.token_text = lru_cache(maxsize=1 << 16)(lambda token_id: token_pieces(tokenizer, [token_id])[0])
 
     def admit(self) -> None:
         """Take one of the service's places for a request's whole life (give it back with `release`), or refuse
@@ -55,79 +87,104 @@ class ChatService:
         self.num_admitted -= 1
 
     def parse(self, body: bytes) -> ChatCompletionRequest:
-        """The request in a raw body; APIError 400 when it is not JSON or not a valid request."""
-        try:
-            return ChatCompletionRequest.model_validate_json(body)
-        except ValidationError as exc:
-            raise error_from_validation(exc) from None
+        """The chat request in a raw body; APIError 400 when it is not JSON or not a valid request."""
+        return _parse(ChatCompletionRequest, body)
 
-    async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
-        """The whole answer."""
-        request_id, prepared = await self._prepare(request)
+    def parse_completion(self, body: bytes) -> CompletionRequest:
+        """The /v1/completions request in a raw body; APIError 400 as for chat."""
+        return _parse(CompletionRequest, body)
+
+    async def complete(self, request: ChatCompletionRequest | CompletionRequest) -> ChatCompletion | TextCompletion:
+        """The whole answer, one choice per sample."""
+        request_id, samples = await self._prepare(request)
         try:
-            result = await self.engine.generate(prepared)
+            results = await gather_or_cancel([self.engine.generate(p) for p in samples])
         except QueueFullError as exc:
             raise _busy(exc) from None
-        if not result.ok:
-            raise _failed(result)
-        return completion(result, request_id, self.model_name, int(time.time()))
+        for result in results:
+            if not result.ok:
+                raise _failed(result)
+        created = int(time.time())
+        if isinstance(request, ChatCompletionRequest):
+            return completion(request, results, request_id, self.model_name, created, self.token_text)
+        return TextCompletion(id=request_id, created=created, model=self.model_name, choices=[
+            CompletionChoice(index=i, text=r.text, finish_reason=r.finish_reason,
+                             logprobs=completion_logprobs(getattr(r, "logprobs", None), self.token_text))
+            for i, r in enumerate(results)], usage=usage_of_samples(results))
 
-    async def open_stream(self, request: ChatCompletionRequest) -> AsyncIterator[str]:
-        """Server-sent events of the answer. Waits for the first text, so that a request that cannot start
-        (bad input, full queue, failed generation) still gets an HTTP error instead of an event stream."""
-        request_id, prepared = await self._prepare(request)
-        deltas = self.engine.stream(prepared)
+    async def open_stream(self, request: ChatCompletionRequest | CompletionRequest) -> AsyncIterator[str]:
+        """Server-sent events of the answer, its samples merged by choice index. Waits for each sample's first
+        text, so that a request that cannot start (bad input, full queue, failed generation) still gets an HTTP
+        error instead of an event stream."""
+        request_id, samples = await self._prepare(request)
+        streams = [self.engine.stream(p) for p in samples]
         try:
-            first = await anext(deltas)
+            firsts = await gather_or_cancel([anext(s) for s in streams])
         except QueueFullError as exc:
+            await close_all(streams)
             raise _busy(exc) from None
         except GenerationError as exc:
+            await close_all(streams)
             raise _failed(exc.result) from None
-        return self._events(request, request_id, first, deltas)
+        events = (ChatEvents if isinstance(request, ChatCompletionRequest) else TextEvents)(
+            request, request_id, self.model_name, int(time.time()), self.token_text)
+        return self._events(events, firsts, streams)
 
     def models(self) -> ModelList:
         return ModelList(data=[ModelCard(id=self.model_name, created=self.created,
                                          max_model_len=self.preprocessor.max_model_len)])
 
-    async def _prepare(self, request: ChatCompletionRequest) -> tuple[str, PreparedRequest]:
+    async def _prepare(self, request: ChatCompletionRequest | CompletionRequest
+                       ) -> tuple[str, list[PreparedRequest]]:
+        """The request's id and its samples, preprocessed once (n > 1: expanded after preprocessing)."""
         if request.model != self.model_name:
             raise APIError(404, f"the model `{request.model}` does not exist here; this server serves "
                            f"`{self.model_name}` (see /v1/models)", param="model", code="model_not_found")
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        is_chat = isinstance(request, ChatCompletionRequest)
+        request_id = f"{'chatcmpl' if is_chat else 'cmpl'}-{uuid.uuid4().hex}"
+        if request.n > 1 and expand_samples is None:
+            raise APIError(400, f"n: n={request.n}: this build returns one choice per request", param="n",
+                           code="invalid_request")
         try:
+            generation: GenerationRequest = (to_generation_request if is_chat else to_completion_request)(
+                request, request_id)  # type: ignore[arg-type]
             # Image decoding, fetching and tokenizing take a while: off the event loop, in the request's lane.
-            return request_id, await self.pool.run(to_generation_request(request, request_id),
-                                                   self.preprocessor.prepare)
+            prepared = await self.pool.run(generation, self.preprocessor.prepare)
         except RequestError as exc:
-            raise error_from_request(exc) from None
+            raise error_from_request(exc, _param_of(exc, request)) from None
+        return request_id, [prepared] if request.n == 1 else expand_samples(prepared, request.n)
 
-    async def _events(self, request: ChatCompletionRequest, request_id: str, first: StreamDelta,
-                      deltas: AsyncGenerator[StreamDelta, None]) -> AsyncIterator[str]:
-        created = int(time.time())
-
-        def event(**fields) -> str:
-            body = chunk(request_id, self.model_name, created, **fields).model_dump_json(exclude_none=True)
-            return f"data: {body}\n\n"
-
+    async def _events(self, events: "ChatEvents | TextEvents", firsts: list[StreamDelta],
+                      streams: list[AsyncGenerator[StreamDelta, None]]) -> AsyncIterator[str]:
         try:
-            yield event(delta=DeltaMessage(role="assistant", content=""))
-            delta = first
-            while True:
-                if delta.text:
-                    yield event(delta=DeltaMessage(content=delta.text))
-                if delta.is_final:
-                    break
-                delta = await anext(deltas)
-            counts = usage_of(delta.num_prompt_tokens, delta.num_generated_tokens)
-            # Usage goes on exactly one event: OpenAI's closing usage-only chunk when asked for, else the last.
-            yield event(finish_reason=delta.finish_reason, usage=None if request.include_usage_chunk else counts)
-            if request.include_usage_chunk:
-                yield event(usage=counts, has_choice=False)
+            for body in events.opening(len(streams)):
+                yield body
+            async for index, delta in merge_samples(firsts, streams):
+                for body in events.on_delta(index, delta):
+                    yield body
+            for body in events.closing():
+                yield body
             yield "data: [DONE]\n\n"
         except GenerationError as exc:
             yield f"data: {json.dumps(_failed(exc.result).body())}\n\n"  # OpenAI's clients raise on it
         finally:
-            await deltas.aclose()
+            await close_all(streams)
+
+
+def _param_of(exc: RequestError, request: ChatCompletionRequest | CompletionRequest) -> str:
+    """The field a refused request is named by: the JSON format the engine could not compile (a forced tool
+    call's comes from the tools' parameters), else the input."""
+    if "response_format" in str(exc):
+        return "tools" if isinstance(request, ChatCompletionRequest) and request.forces_tool_call else \
+            "response_format"
+    return "messages" if isinstance(request, ChatCompletionRequest) else "prompt"
+
+
+def _parse(model: type[BaseModel], body: bytes):
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise error_from_validation(exc) from None
 
 
 def _busy(exc: QueueFullError) -> APIError:

@@ -3,10 +3,14 @@ code}}. Every client mistake becomes a 4xx here, with a message that names the p
 
 from __future__ import annotations
 
+import re
+
 from pydantic import ValidationError
 
 from vlray.schema import RequestError
 from vlray.serving.protocol import ErrorDetail, ErrorResponse
+
+_NAMED = re.compile(r"^([a-z_]+(?:\.[a-z0-9_]+)*): ")
 
 # RequestError kinds whose OpenAI code differs from the kind's own name.
 _CODES = {"context_overflow": "context_length_exceeded"}
@@ -26,9 +30,10 @@ class APIError(Exception):
         return ErrorResponse(error=self.detail).model_dump()
 
 
-def error_from_request(exc: RequestError) -> APIError:
-    """A request the engine refused (bad image, prompt over the context, ...): 400."""
-    return APIError(400, str(exc), param="messages", code=_CODES.get(exc.kind, exc.kind))
+def error_from_request(exc: RequestError, param: str = "messages") -> APIError:
+    """A request the engine refused (bad image, prompt over the context, a schema that does not compile, ...):
+    400, naming the field it came from."""
+    return APIError(400, str(exc), param=param, code=_CODES.get(exc.kind, exc.kind))
 
 
 def error_from_validation(exc: ValidationError) -> APIError:
@@ -43,6 +48,11 @@ def error_from_validation(exc: ValidationError) -> APIError:
     deepest = [e for e in errors if len(e["loc"]) == depth]
     param = _param(deepest[0]["loc"])
     messages = list(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in deepest))
+    # A check across fields (a model validator) has no location of its own: its message starts with the field.
+    named = _NAMED.match(messages[0])
+    if named:
+        param = ".".join(filter(None, (param, named.group(1))))
+        messages = [m.removeprefix(named.group(0)) for m in messages]
     return APIError(400, f"{param or 'request'}: {'; or '.join(messages)}", param=param or None,
                     code="invalid_request")
 

@@ -38,7 +38,7 @@ class PreprocessPool:
             if isinstance(message.content, str):
                 chars += len(message.content)
                 continue
-            for part in message.content:
+            for part in message.content or []:
                 if part.type == "text":
                     chars += len(part.text)
                 else:

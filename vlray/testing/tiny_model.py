@@ -29,6 +29,9 @@ SPECIAL_TOKENS = [
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
     "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 ]
+TOOL_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
+"""Added after the special tokens, as Qwen's tokenizer has them: added but not special, so decoding keeps them and
+a tool call reaches the server's parser."""
 TOKENIZER_VOCAB_SIZE = 1024
 
 _WORDS = (
@@ -62,6 +65,7 @@ def build_tokenizer(seed: int = 0) -> Qwen2Tokenizer:
     tokenizer = base.train_new_from_iterator(
         _training_corpus(seed), vocab_size=TOKENIZER_VOCAB_SIZE, new_special_tokens=SPECIAL_TOKENS,
         show_progress=False)
+    tokenizer.add_tokens(TOOL_TOKENS)
     tokenizer.eos_token = "<|im_end|>"
     tokenizer.pad_token = "<|endoftext|>"
     return tokenizer

@@ -146,9 +146,12 @@ BAD_REQUESTS = {
     "wrong type": ({"model": MODEL, "messages": _user(), "max_tokens": "ten"}, "invalid_request", "max_tokens",
                    "valid integer"),
     "unknown role": ({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}, "invalid_request",
-                     "messages.0.role", "'system', 'developer', 'user' or 'assistant'"),
-    "unknown part": ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]},
+                     "messages.0.role", "'user', 'assistant' or 'tool'"),
+    "unknown part": ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "video"}]}]},
                      "invalid_request", "messages.0.content.0", "does not match any of the expected tags"),
+    "audio part": ({"model": MODEL, "messages": [{"role": "user", "content": [
+                   {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]},
+                   "invalid_request", "messages.0.content.0", "does not match any of the expected tags"),
     "not an image": ({"model": MODEL, "messages": [_image_message("x", "data:text/plain;base64,"
                      + base64.b64encode(b"<html>hello</html>").decode())]}, "unsupported_image", "messages",
                      "unsupported image type (HTML)"),
@@ -160,11 +163,26 @@ BAD_REQUESTS = {
                               "image_path_not_allowed", "messages", "outside the allowed folder"),
     "http while off": ({"model": MODEL, "messages": [_image_message("x", "http://127.0.0.1:1/cat.png")]},
                        "image_url_not_allowed", "messages", "not fetched here"),
-    "n > 1": ({"model": MODEL, "messages": _user(), "n": 2}, "invalid_request", "n", "one choice per request"),
+    "n over 16": ({"model": MODEL, "messages": _user(), "n": 17}, "invalid_request", "n", "less than or equal to 16"),
+    "n 0": ({"model": MODEL, "messages": _user(), "n": 0}, "invalid_request", "n", "greater than or equal to 1"),
+    "logit_bias": ({"model": MODEL, "messages": _user(), "logit_bias": {"3": 1}}, "invalid_request", "logit_bias",
+                   "not supported"),
+    "legacy functions": ({"model": MODEL, "messages": _user(), "functions": [{"name": "f"}]}, "invalid_request",
+                         "functions", "send `tools`"),
+    "top_logprobs 21": ({"model": MODEL, "messages": _user(), "logprobs": True, "top_logprobs": 21},
+                        "invalid_request", "top_logprobs", "less than or equal to 20"),
+    "frequency_penalty -3": ({"model": MODEL, "messages": _user(), "frequency_penalty": -3}, "invalid_request",
+                             "frequency_penalty", "greater than or equal to -2"),
+    "presence_penalty 2.5": ({"model": MODEL, "messages": _user(), "presence_penalty": 2.5}, "invalid_request",
+                             "presence_penalty", "less than or equal to 2"),
+    "response_format xml": ({"model": MODEL, "messages": _user(), "response_format": {"type": "xml"}},
+                            "invalid_request", "response_format.type", "'text', 'json_object' or 'json_schema'"),
     "over the context": ({"model": MODEL, "messages": _user("word " * 3000)}, "context_length_exceeded",
                          "messages", "over the model's context of 2048"),
-    "tools": ({"model": MODEL, "messages": _user(), "tools": [{"type": "function"}]}, "invalid_request", "tools",
-              "not supported"),
+    "tools": ({"model": MODEL, "messages": _user(), "tools": [{"type": "function"}]}, "invalid_request",
+              "tools.0.function", "Field required"),
+    "tool_choice without tools": ({"model": MODEL, "messages": _user(), "tool_choice": "required"},
+                                  "invalid_request", "tool_choice", "`tools` is empty"),
 }
 
 
@@ -182,6 +200,26 @@ def test_bad_input_is_a_400_and_the_server_goes_on(base_url, client, case):
         with pytest.raises(openai.BadRequestError, match="400"):
             client.chat.completions.create(**body)
     assert client.chat.completions.create(model=MODEL, messages=_user(), max_tokens=2).choices[0].finish_reason
+
+
+def test_completions_and_tools_through_serve(client, llm):
+    prompt = "A photo of a red"
+    expected = llm.generate([{"id": "c", "prompt": prompt, "chat_template": False, "max_tokens": 6}])[0]
+    answer = client.completions.create(model=MODEL, prompt=prompt, max_tokens=6)
+    assert answer.choices[0].text == expected.text and answer.usage.prompt_tokens == expected.num_prompt_tokens
+    streamed = "".join(c.choices[0].text for c in client.completions.create(model=MODEL, prompt=prompt, max_tokens=6,
+                                                                            stream=True) if c.choices)
+    assert streamed == expected.text
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    history = _user("Find it.") + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_0", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_0", "content": "found"}]
+    expected = llm.generate([{"id": "t", "messages": history, "tools": tools, "max_tokens": 5}])[0]
+    answer = client.chat.completions.create(model=MODEL, messages=history, tools=tools, max_tokens=5,
+                                            extra_body={"top_k": 0, "repetition_penalty": 1.0})
+    assert answer.usage.prompt_tokens == expected.num_prompt_tokens
+    assert answer.choices[0].message.content == expected.text
 
 
 def test_unknown_model_is_a_404(client):
