@@ -155,8 +155,6 @@ def test_fields_that_ask_for_nothing_are_accepted():
           response_format={"type": "text"}, parallel_tool_calls=True, top_k=0, min_p=0, presence_penalty=0)
 
 
-@pytest.mark.skipif(not hasattr(__import__("vlray.inputs.prepared_request").inputs.prepared_request,
-                                "StructuredOutput"), reason="StructuredOutput (issue 11 ENGINE)")
 def test_a_forced_call_reaches_the_sampling_params_as_a_json_schema(tiny_loaded):
     from vlray.inputs.preprocessor import RequestPreprocessor
 

@@ -1,37 +1,22 @@
 """What vLLM's clients send, through the official `openai` client, against the OpenAI app on the tiny model (the
 continuous engine, in this process): sampling fields and penalties, tools rendered by the chat template, tool and
-tool_calls history, /v1/completions, n, logprobs and json_schema, streamed and not.
+tool_calls history, /v1/completions, n, logprobs and json_schema, streamed and not."""
 
-Tests of features whose engine side comes from the other parts of issue 11 skip until it is there: penalties and
-the generation-config defaults (SamplingParams.repetition_penalty), logprobs (vlray.schema.TokenLogprob), n > 1
-(vlray.engine.parallel_sampling) and decoding under a grammar (vlray.engine.structured_output)."""
-
-import importlib.util
 import json
 
 import httpx
 import openai
 import pytest
 
-import vlray.schema
 from tests.serving.conftest import served
 from vlray.engine.async_engine import AsyncEngine
 from vlray.inputs.image_policy import ImagePolicy
-from vlray.inputs.prepared_request import SamplingParams
 from vlray.inputs.preprocessor import RequestPreprocessor
 from vlray.llm import LLM
 from vlray.serving.app import build_openai_app
 from vlray.serving.chat_service import ChatService
 
 MODEL = "tiny"
-HAS_PENALTIES = "repetition_penalty" in SamplingParams.__dataclass_fields__
-HAS_LOGPROBS = hasattr(vlray.schema, "TokenLogprob")
-HAS_N = importlib.util.find_spec("vlray.engine.parallel_sampling") is not None
-HAS_GRAMMAR = importlib.util.find_spec("vlray.engine.structured_output") is not None
-needs_penalties = pytest.mark.skipif(not HAS_PENALTIES, reason="the engine's penalties (issue 11 ENGINE)")
-needs_logprobs = pytest.mark.skipif(not HAS_LOGPROBS, reason="the engine's logprobs (issue 11 ENGINE)")
-needs_n = pytest.mark.skipif(not HAS_N, reason="expand_samples (issue 11 ENGINE)")
-needs_grammar = pytest.mark.skipif(not HAS_GRAMMAR, reason="structured output (issue 11 GRAMMAR)")
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city.",
@@ -81,7 +66,6 @@ def test_vllm_sampling_fields_are_accepted_streamed_and_not(client):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
 
 
-@needs_penalties
 def test_a_repetition_penalty_changes_greedy_output(client):
     plain = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=16, temperature=0)
     penalised = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=16, temperature=0,
@@ -90,7 +74,6 @@ def test_a_repetition_penalty_changes_greedy_output(client):
     assert penalised.choices[0].message.content != plain.choices[0].message.content
 
 
-@needs_penalties
 @pytest.mark.parametrize("penalty", ["presence_penalty", "frequency_penalty"])
 def test_presence_and_frequency_penalties_change_greedy_output_and_seeded_sampling_repeats(client, penalty):
     args = dict(model=MODEL, messages=USER, max_tokens=24, temperature=0)
@@ -152,7 +135,6 @@ def test_completions_refuse_what_they_do_not_do(base_url, field, value, param):
     assert answer.status_code == 400 and answer.json()["error"]["param"] == param, answer.text
 
 
-@needs_n
 def test_n_3_gives_three_choices_and_counts_the_prompt_once(client):
     one = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=5, temperature=1.0, seed=1)
     three = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=5, temperature=1.0, seed=1, n=3)
@@ -172,14 +154,6 @@ def test_n_3_gives_three_choices_and_counts_the_prompt_once(client):
     assert [c.index for c in completions.choices] == [0, 1, 2]
 
 
-def test_n_without_the_engine_side_is_a_400_naming_n(base_url):
-    if HAS_N:
-        pytest.skip("n > 1 is served")
-    answer = httpx.post(f"{base_url}/v1/chat/completions", json={"model": MODEL, "messages": USER, "n": 3})
-    assert answer.status_code == 400 and answer.json()["error"]["param"] == "n"
-
-
-@needs_logprobs
 def test_logprobs_in_openais_shape_streamed_and_not(client, service):
     whole = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=6, logprobs=True, top_logprobs=3)
     content = whole.choices[0].logprobs.content
@@ -201,7 +175,6 @@ def test_logprobs_in_openais_shape_streamed_and_not(client, service):
     assert all(len(top) == 2 for top in legacy.choices[0].logprobs.top_logprobs)
 
 
-@needs_grammar
 def test_json_schema_output_validates_streamed_and_not(client):
     import jsonschema
 
@@ -223,7 +196,6 @@ def test_json_schema_output_validates_streamed_and_not(client):
         assert isinstance(json.loads(obj.message.content), dict)
 
 
-@needs_grammar
 @pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
 def test_a_forced_tool_call_is_parsed_streamed_and_not(client, tool_choice):
     args = dict(model=MODEL, messages=USER, tools=[WEATHER], tool_choice=tool_choice, max_tokens=128)

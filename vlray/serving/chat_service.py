@@ -17,7 +17,9 @@ from pydantic import BaseModel, ValidationError
 
 from vlray.engine.async_engine import AsyncEngine, GenerationError
 from vlray.engine.request_queue import QueueFullError
+from vlray.engine.sampling.parallel_sampling import expand_samples
 from vlray.engine.token_stream import StreamDelta
+from vlray.engine.token_text import token_pieces
 from vlray.inputs.prepared_request import PreparedRequest
 from vlray.inputs.preprocessor import RequestPreprocessor
 from vlray.schema import GenerationRequest, GenerationResult, RequestError
@@ -41,17 +43,6 @@ from vlray.serving.protocol import (
 )
 from vlray.serving.sample_streams import close_all, gather_or_cancel, merge_samples
 from vlray.serving.stream_events import ChatEvents, TextEvents
-
-try:  # ENGINE's n > 1 (issue 11); until it is merged, n > 1 is refused
-    from vlray.engine.parallel_sampling import expand_samples
-except ImportError:  # pragma: no cover - goes with the merge
-    expand_samples = None
-try:  # ENGINE's token bytes (issue 11); until it is merged, a token's bytes are those of its decoded text
-    from vlray.engine.token_text import token_pieces
-except ImportError:  # pragma: no cover - goes with the merge
-    def token_pieces(tokenizer, token_ids):
-        return [(text, text.encode()) for text in (tokenizer.decode([i]) for i in token_ids)]
-
 
 class ChatService:
     """`/v1/chat/completions`, `/v1/completions` and `/v1/models` for one served model."""
