@@ -11,13 +11,15 @@ from vlray.llm import LLM
 
 SCHEMA = {
     "type": "object",
-    "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0,
-                                                                         "maximum": 150}},
+    # A pattern, not maxLength: xgrammar 0.2.9 lets control characters (invalid in JSON) into strings bounded by
+    # maxLength; a bounded string is needed here because random weights would never close a free one.
+    "properties": {"name": {"type": "string", "pattern": "^[A-Za-z ]{1,12}$"},
+                   "age": {"type": "integer", "minimum": 0, "maximum": 150}},
     "required": ["name", "age"],
     "additionalProperties": False,
 }
 JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA, "strict": True}}
-PROMPT = {"id": "p", "prompt": "Give the name and age of a person as JSON.", "max_tokens": 64}
+PROMPT = {"id": "p", "prompt": "Give the name and age of a person as JSON.", "max_tokens": 160}
 
 
 @pytest.fixture(scope="module")
@@ -53,24 +55,20 @@ def test_sampled_json_schema_output_validates(llm, seed):
     jsonschema.validate(json.loads(result.text), SCHEMA)
 
 
-@pytest.mark.parametrize("prompt, sampling", [
-    ("What is the price?", {"temperature": 0.7, "seed": 10}),  # an empty object
-    ("List three colors.", {"temperature": 1.0, "seed": 8}),  # one with keys
-])
-def test_json_object_output_is_an_object(llm, prompt, sampling):
-    request = {"id": "o", "prompt": prompt, "max_tokens": 120, "response_format": {"type": "json_object"},
-               **sampling}
-    result = llm.generate([request])[0]
-    assert result.finish_reason == "stop", result.text
-    assert isinstance(json.loads(result.text), dict)
-    assert bool(json.loads(result.text)) == (sampling["seed"] == 8)
-
-
-def test_json_object_output_cut_by_max_tokens_is_an_object_begun(llm):
-    # A random model writes long keys: what it wrote before max_tokens is still the start of an object.
-    request = {**PROMPT, "response_format": {"type": "json_object"}, "max_tokens": 40}
-    result = llm.generate([request])[0]
-    assert result.finish_reason == "length" and result.text.startswith('{"')
+def test_json_object_outputs_are_objects_or_objects_begun(llm):
+    # Random weights write long keys, so some samples reach max_tokens: what they wrote is still the start of an
+    # object, and every sample that ends is a whole one (the seeds are fixed: the same outputs every run).
+    prompts = ["Give the name and age of a person as JSON.", "Describe the image.", "List three colors.",
+               "What is the price?"]
+    requests = [{"id": f"{i}-{seed}", "prompt": prompt, "max_tokens": 120, "response_format": {"type": "json_object"},
+                 "temperature": 1.0, "seed": seed} for i, prompt in enumerate(prompts) for seed in range(4)]
+    results = llm.generate(requests)
+    ended = [r for r in results if r.finish_reason == "stop"]
+    assert ended, [r.text for r in results]
+    for result in ended:
+        assert isinstance(json.loads(result.text), dict), result.text
+    for result in results:
+        assert result.text.startswith("{"), result.text
 
 
 def test_too_few_tokens_end_with_length_and_no_crash(llm):
