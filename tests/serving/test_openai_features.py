@@ -213,3 +213,27 @@ def test_a_forced_tool_call_is_parsed_streamed_and_not(client, tool_choice):
                       {"role": "tool", "tool_call_id": call.id, "content": '{"celsius": 21}'}]
     assert client.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER],
                                           max_tokens=4).choices[0].finish_reason in ("stop", "length")
+
+
+def test_langchain_agent_loop_on_the_real_engine(base_url):
+    # LangChain's ChatOpenAI with bind_tools, on the tiny model itself (no script): the forced call is decoded
+    # under its grammar, parsed by LangChain from tool_calls, and the tool's answer goes back in the history.
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return json.dumps({"city": city, "celsius": 21})
+
+    model = ChatOpenAI(model=MODEL, base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120,
+                       max_tokens=128, temperature=0)
+    forced = model.bind_tools([WEATHER], tool_choice="get_weather")
+    messages = [HumanMessage("What is the weather in Paris?")]
+    reply = forced.invoke(messages)
+    [call] = reply.tool_calls
+    assert call["name"] == "get_weather" and call["args"]["city"] in ("Paris", "Rome")
+    messages += [reply, ToolMessage(get_weather.invoke({"city": call["args"]["city"]}), tool_call_id=call["id"])]
+    final = model.bind_tools([WEATHER]).invoke(messages)
+    assert final.response_metadata["finish_reason"] in ("stop", "length", "tool_calls")
