@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def measure_variant(variant: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Build the variant, then time a prefill and decode steps (runs in a child process)."""
     from vlray.config import EngineConfig
-    from vlray.engine.continuous_engine import ContinuousBatchingEngine
+    from vlray.llm import build_backend
+    from vlray.stats import PipelineStats
     from vlray.engine.runner.cuda_graphs import CudaGraphDecoder
 
     torch.set_num_threads(settings["threads"])
@@ -90,7 +91,7 @@ def measure_variant(variant: str, settings: dict[str, Any]) -> dict[str, Any]:
         out["prompt_tokens_per_s"] = ids.shape[1] / min(times)  # the fastest: others on the machine only slow it
     config = EngineConfig(model="in-memory", device_profile=loaded.profile.name, max_batch_size=8,
                           kv_cache_bytes=9 * CONTEXT_TOKENS * _kv_bytes_per_token(loaded), cuda_graphs=False)
-    engine = ContinuousBatchingEngine(loaded, config)
+    engine = build_backend(loaded, config, PipelineStats())
     steps = settings["decode_steps"] or (12 if settings["size"] == "2b" else 32)
     decoders = [("eager", engine.runner.decode)]
     if device.type == "cuda" and settings["cuda_graphs"]:
