@@ -10,8 +10,11 @@ from vlray.model.loader import LoadedModel
 from vlray.model.quantization import quantize_model
 from vlray.model.quantization.random_weights import build_quantized_random
 
-CPU_VARIANTS = {"fp32": "none", "bf16": "none", "int8": "int8", "int4": "int4"}
-CUDA_VARIANTS = {"fp16": "none", "nf4": "int4"}
+# variant -> (quantization, vision_quantization). The "+vision" ones quantise the vision tower's linears too: the
+# memory the whole model needs, which is what a small laptop cares about.
+CPU_VARIANTS = {"fp32": ("none", "none"), "bf16": ("none", "none"), "int8": ("int8", "none"),
+                "int4": ("int4", "none"), "int8+vision": ("int8", "int8"), "int4+vision": ("int4", "int8")}
+CUDA_VARIANTS = {"fp16": ("none", "none"), "nf4": ("int4", "none")}
 
 
 def cpu_flags() -> set[str]:
@@ -49,7 +52,7 @@ def load_quant_model(variant: str, size: str, device: str, layers: int | None = 
     table = CUDA_VARIANTS if device == "cuda" else CPU_VARIANTS
     if variant not in table:
         raise ValueError(f"variant {variant!r} is not one of {', '.join(table)} on {device}")
-    method = table[variant]
+    method, vision = table[variant]
     profile_name = "sm61" if device == "cuda" else "cpu"  # sm61 settings forced on whatever card is there
     dtype = "bfloat16" if variant == "bf16" else None
     profile = detect_profile(profile_name, dtype)
@@ -58,7 +61,7 @@ def load_quant_model(variant: str, size: str, device: str, layers: int | None = 
     config = EngineConfig(model=str(tiny_dir), device_profile=profile_name, dtype=dtype, cache=False)
     if size == "tiny":
         loaded = load_model(config, profile)
-        summary = quantize_model(loaded.model, method, capability=capability)
+        summary = quantize_model(loaded.model, method, vision, capability=capability)
         return loaded, summary.describe()
     processor = load_processor(tiny_dir, config.max_pixels)
     tokenizer = processor.tokenizer
@@ -68,10 +71,10 @@ def load_quant_model(variant: str, size: str, device: str, layers: int | None = 
         model_config.vision_config.depth = layers
         model_config.vision_config.deepstack_visual_indexes = [i for i in model_config.vision_config.deepstack_visual_indexes if i < layers]
     if device == "cpu" and variant != "bf16":
-        model, summary = build_quantized_random(model_config, method)  # never whole in fp32 unless fp32
+        model, summary = build_quantized_random(model_config, method, vision)  # never whole in fp32 unless fp32
     else:
         model = build_model(model_config, device=profile.device, dtype=profile.dtype)
-        summary = quantize_model(model, method, capability=capability)
+        summary = quantize_model(model, method, vision, capability=capability)
     model.config._attn_implementation = "sdpa"
     model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
