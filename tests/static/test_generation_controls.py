@@ -3,8 +3,8 @@
 import torch
 
 from vlray.engine.generated_sequence import finish_sequence
+from vlray.engine.sampling.sampler import sample
 from vlray.inputs.prepared_request import SamplingParams
-from vlray.engine.sampling.sampler import sample_token
 from vlray.static.generation_controls import RowSampler
 
 EOS = {2, 0}
@@ -33,6 +33,10 @@ def test_stop_string_cuts_text_and_tokens():
 def test_eos_before_stop_string_wins():
     seq = finish_sequence([5, 2, 0], SamplingParams(max_tokens=5, stop=["zz"]), EOS, None, _decode)
     assert (seq.token_ids, seq.finish_reason) == ([5, 2], "stop")
+
+
+def sample_token(logits, temperature, top_p, generator) -> int:
+    return sample(logits[None], [SamplingParams(max_tokens=1, temperature=temperature, top_p=top_p)], [generator])[0]
 
 
 def test_sampling_is_seeded_and_respects_top_p():

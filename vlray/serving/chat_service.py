@@ -26,16 +26,14 @@ from vlray.schema import GenerationRequest, GenerationResult, RequestError
 from vlray.serving.errors import APIError, error_from_request, error_from_validation
 from vlray.serving.mapping import (
     completion,
-    completion_logprobs,
+    text_completion,
     to_completion_request,
     to_generation_request,
-    usage_of_samples,
 )
 from vlray.serving.preprocess_pool import PreprocessPool
 from vlray.serving.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
-    CompletionChoice,
     CompletionRequest,
     ModelCard,
     ModelList,
@@ -98,10 +96,7 @@ class ChatService:
         created = int(time.time())
         if isinstance(request, ChatCompletionRequest):
             return completion(request, results, request_id, self.model_name, created, self.token_text)
-        return TextCompletion(id=request_id, created=created, model=self.model_name, choices=[
-            CompletionChoice(index=i, text=r.text, finish_reason=r.finish_reason,
-                             logprobs=completion_logprobs(getattr(r, "logprobs", None), self.token_text))
-            for i, r in enumerate(results)], usage=usage_of_samples(results))
+        return text_completion(results, request_id, self.model_name, created, self.token_text)
 
     async def open_stream(self, request: ChatCompletionRequest | CompletionRequest) -> AsyncIterator[str]:
         """Server-sent events of the answer, its samples merged by choice index. Waits for each sample's first
@@ -133,9 +128,6 @@ class ChatService:
                            f"`{self.model_name}` (see /v1/models)", param="model", code="model_not_found")
         is_chat = isinstance(request, ChatCompletionRequest)
         request_id = f"{'chatcmpl' if is_chat else 'cmpl'}-{uuid.uuid4().hex}"
-        if request.n > 1 and expand_samples is None:
-            raise APIError(400, f"n: n={request.n}: this build returns one choice per request", param="n",
-                           code="invalid_request")
         try:
             generation: GenerationRequest = (to_generation_request if is_chat else to_completion_request)(
                 request, request_id)  # type: ignore[arg-type]

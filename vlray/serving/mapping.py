@@ -14,12 +14,14 @@ from vlray.serving.protocol import (
     Choice,
     ChoiceLogprobs,
     ChunkChoice,
+    CompletionChoice,
     CompletionLogprobs,
     CompletionRequest,
     DeltaMessage,
     FunctionCall,
     NamedToolChoice,
     SamplingFields,
+    TextCompletion,
     TokenLogprobOut,
     ToolCall,
     TopLogprob,
@@ -126,14 +128,18 @@ def usage_of_samples(results: Sequence[Any]) -> Usage:
     return usage_of(results[0].num_prompt_tokens, sum(r.num_generated_tokens for r in results))
 
 
+def json_logprob(logprob: float) -> float:
+    """-inf (a token the filters removed) is not JSON: OpenAI and vLLM send -9999 for it."""
+    return max(logprob, -9999.0)
+
+
 def chat_logprobs(logprobs: Sequence[Any] | None, token_text: TokenText) -> ChoiceLogprobs | None:
     """OpenAI's chat logprobs for the engine's TokenLogprobs (token_id, logprob, top)."""
     if logprobs is None:
         return None
     def entry(token_id: int, logprob: float) -> dict[str, Any]:
         text, raw = token_text(token_id)
-        # -inf (a token the filters removed) is not JSON: OpenAI and vLLM send -9999 for it.
-        return {"token": text, "logprob": max(logprob, -9999.0), "bytes": list(raw)}
+        return {"token": text, "logprob": json_logprob(logprob), "bytes": list(raw)}
     return ChoiceLogprobs(content=[
         TokenLogprobOut(**entry(lp.token_id, lp.logprob),
                         top_logprobs=[TopLogprob(**entry(tid, value)) for tid, value in lp.top])
@@ -149,8 +155,8 @@ def completion_logprobs(logprobs: Sequence[Any] | None, token_text: TokenText, t
     for lp in logprobs:
         token = token_text(lp.token_id)[0]
         out.tokens.append(token)
-        out.token_logprobs.append(max(lp.logprob, -9999.0))
-        out.top_logprobs.append({token_text(tid)[0]: max(value, -9999.0) for tid, value in lp.top})
+        out.token_logprobs.append(json_logprob(lp.logprob))
+        out.top_logprobs.append({token_text(tid)[0]: json_logprob(value) for tid, value in lp.top})
         out.text_offset.append(text_offset)
         text_offset += len(token)
     return out
@@ -164,9 +170,18 @@ def completion(body: ChatCompletionRequest, results: Sequence[GenerationResult],
         message, calls_tools = assistant_message(body, result.text)
         choices.append(Choice(index=index, message=message,
                               finish_reason="tool_calls" if calls_tools else result.finish_reason,
-                              logprobs=chat_logprobs(getattr(result, "logprobs", None), token_text)))
+                              logprobs=chat_logprobs(result.logprobs, token_text)))
     return ChatCompletion(id=request_id, created=created, model=model, choices=choices,
                           usage=usage_of_samples(results))
+
+
+def text_completion(results: Sequence[GenerationResult], request_id: str, model: str, created: int,
+                    token_text: TokenText) -> TextCompletion:
+    """The non-streamed /v1/completions answer, one choice per sample."""
+    return TextCompletion(id=request_id, created=created, model=model, choices=[
+        CompletionChoice(index=i, text=r.text, finish_reason=r.finish_reason,
+                         logprobs=completion_logprobs(r.logprobs, token_text))
+        for i, r in enumerate(results)], usage=usage_of_samples(results))
 
 
 def chunk(request_id: str, model: str, created: int, delta: DeltaMessage | None = None,

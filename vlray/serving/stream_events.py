@@ -78,7 +78,7 @@ class ChatEvents:
             yield self._event(index=index, delta=DeltaMessage(role="assistant", content=""))
 
     def on_delta(self, index: int, delta: StreamDelta) -> Iterator[str]:
-        logprobs = chat_logprobs(getattr(delta, "logprobs", None), self.token_text) if self.request.logprobs else None
+        logprobs = chat_logprobs(delta.logprobs, self.token_text) if self.request.logprobs else None
         content, calls = self._split(index, delta.text, delta.is_final)
         if content or calls or (logprobs is not None and logprobs.content):
             yield self._event(index=index, logprobs=logprobs, delta=DeltaMessage(
@@ -138,7 +138,7 @@ class TextEvents:
     def on_delta(self, index: int, delta: StreamDelta) -> Iterator[str]:
         logprobs = None
         if self.request.logprobs is not None:
-            logprobs = completion_logprobs(getattr(delta, "logprobs", None), self.token_text, delta.text_offset)
+            logprobs = completion_logprobs(delta.logprobs, self.token_text, delta.text_offset)
         usage = self.samples.finished(delta) if delta.is_final else None
         yield self._event([CompletionChoice(index=index, text=delta.text, finish_reason=delta.finish_reason,
                                             logprobs=logprobs)], usage)

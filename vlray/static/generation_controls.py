@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerBase, StoppingCriteria
 
-from vlray.engine.sampling.sampler import choose, make_generator, penalize
+from vlray.engine.sampling.sampler import PENALTIES, choose, make_generator, param_column, penalize
 from vlray.inputs.prepared_request import SamplingParams
 
 
@@ -70,12 +70,8 @@ class RowSampler(LogitsProcessor):
             marked = torch.where(valid & (ids < vocab), ids, vocab)
             seen = torch.zeros(len(rows), vocab + 1, dtype=torch.bool, device=device).scatter_(1, marked, True)
             seen = seen[:, :vocab]
-
-        def column(name: str) -> torch.Tensor:
-            return torch.tensor([getattr(self.params[i], name) for i in rows], dtype=torch.float32, device=device)
-
-        scores[index] = penalize(scores[index], output, seen, column("repetition_penalty"),
-                                 column("presence_penalty"), column("frequency_penalty")).to(scores.dtype)
+        penalties = (param_column(self.params, rows, name, device) for name in PENALTIES)
+        scores[index] = penalize(scores[index], output, seen, *penalties).to(scores.dtype)
 
 
 class RowStopper(StoppingCriteria):

@@ -21,6 +21,10 @@ from vlray.inputs.prepared_request import SamplingParams
 from vlray.schema import TokenLogprob
 
 
+PENALTIES = ("repetition_penalty", "presence_penalty", "frequency_penalty")
+"""The penalty fields, in penalize's order."""
+
+
 class TokenCounts:
     """One request's token counts on the device, kept step by step: one tiny update per token, no re-upload of
     the sequence. `output` counts the generated tokens; `seen` (when a repetition penalty needs it) marks every
@@ -43,6 +47,12 @@ class TokenCounts:
         self.output[token_id] += 1
         if self.seen is not None:
             self.seen[token_id] = True
+
+
+def param_column(params: Sequence[SamplingParams], rows: Sequence[int], name: str, device: torch.device | str,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One sampling field of the given rows, as a tensor [len(rows)] on the device."""
+    return torch.tensor([getattr(params[i], name) for i in rows], dtype=dtype, device=device)
 
 
 def penalize(logits: torch.Tensor, output_counts: torch.Tensor, seen: torch.Tensor | None,
@@ -71,14 +81,9 @@ def apply_penalties(logits: torch.Tensor, params: Sequence[SamplingParams],
     output = torch.stack([c.output for c in picked])  # [P, V]
     needs_seen = any(params[i].repetition_penalty != 1.0 for i in rows)
     seen = (torch.stack([c.seen if c.seen is not None else c.output > 0 for c in picked]) if needs_seen else None)
-
-    def column(name: str) -> torch.Tensor:
-        return torch.tensor([getattr(params[i], name) for i in rows], dtype=torch.float32, device=device)
-
     index = torch.tensor(rows, device=device)
     out = logits.float().clone()
-    out[index] = penalize(out[index], output, seen, column("repetition_penalty"), column("presence_penalty"),
-                          column("frequency_penalty"))
+    out[index] = penalize(out[index], output, seen, *(param_column(params, rows, name, device) for name in PENALTIES))
     return out
 
 
@@ -110,14 +115,13 @@ def choose(logits: torch.Tensor, params: Sequence[SamplingParams],
     if not sampled:
         return chosen
     device = logits.device
-
-    def column(name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.tensor([getattr(params[i], name) for i in sampled], dtype=dtype, device=device)
-
-    scaled = logits[torch.tensor(sampled, device=device)].float() / column("temperature").unsqueeze(1)  # [S, V]
+    temperature = param_column(params, sampled, "temperature", device).unsqueeze(1)
+    scaled = logits[torch.tensor(sampled, device=device)].float() / temperature  # [S, V]
     order = None
     if any(params[i].has_filters for i in sampled):
-        probs, order = filtered_probs(scaled, column("top_k", torch.int64), column("top_p"), column("min_p"))
+        probs, order = filtered_probs(scaled, param_column(params, sampled, "top_k", device, torch.int64),
+                                      param_column(params, sampled, "top_p", device),
+                                      param_column(params, sampled, "min_p", device))
     else:
         probs = torch.softmax(scaled, dim=-1)
     for row, i in enumerate(sampled):
@@ -152,12 +156,6 @@ class StepLogprobs:
             top = list(zip(top_ids[n][:k_row], top_lp[n][:k_row])) if k_row else []
             result[i] = TokenLogprob(token_id=token, logprob=chosen_lp[n], top=top)
         return result
-
-
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
-    """Draw one token id (a 0-d tensor, left on the device) from logits [V] with temperature and top-p."""
-    params = SamplingParams(max_tokens=1, temperature=temperature, top_p=top_p)
-    return choose(logits.unsqueeze(0), [params], [generator])[0]
 
 
 def make_generator(params: SamplingParams, device: str | torch.device) -> torch.Generator | None:
