@@ -65,6 +65,12 @@ class EngineConfig:
     or `int4` (CPU: PyTorch's int4 kernel, bf16 activations; CUDA, Pascal included: bitsandbytes NF4)."""
     vision_quantization: VisionQuantizationName = "none"
     """The vision tower's linear layers: `int8` on the CPU (fbgemm), where prefill of images is compute-bound."""
+    gpu_layers: int | None = None
+    """On CUDA: how many decoder layers run on the GPU, the rest (and the LM head) on the CPU in fp32, like
+    llama.cpp's `-ngl`; None: the device plan decides from the GPU's free memory (all of them when they fit)."""
+    vision_on_cpu: bool | None = None
+    """On CUDA: run the vision tower on the CPU in fp32 (its outputs are copied to the GPU); None: the device
+    plan decides (the CPU when the tower and its activations do not fit beside the decoder)."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Cap on an image's pixels after resizing (the model's own setting applies when lower)."""
     min_pixels: int | None = None
@@ -130,6 +136,8 @@ class EngineConfig:
             raise ValueError(f"device_profile={self.device_profile!r}: use one of auto, cpu, sm61, modern.")
         if self.dtype not in (None, "float32", "float16", "bfloat16"):
             raise ValueError(f"dtype={self.dtype!r}: use float32, float16 or bfloat16 (or leave it unset).")
+        if self.gpu_layers is not None and not 0 <= self.gpu_layers <= 1 << 20:
+            raise ValueError(f"gpu_layers={self.gpu_layers!r}: give 0 or more decoder layers (or leave it unset).")
         if self.quantization not in ("none", "int8", "int4"):
             raise ValueError(f"quantization={self.quantization!r}: use none, int8 or int4.")
         if self.vision_quantization not in ("none", "int8"):

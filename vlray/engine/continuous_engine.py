@@ -28,7 +28,7 @@ from vlray.config import EngineConfig
 from vlray.engine.backend import STEP_FAILED, failed_result
 from vlray.engine.block_manager import BlockManager
 from vlray.engine.image_encoder import ImageEncoder
-from vlray.engine.kv_cache import KVCache, KVCacheShape, kv_cache_budget
+from vlray.engine.kv_cache import DEFAULT_CPU_KV_CACHE_BYTES, KVCache, KVCacheShape, blocks_for_sides, kv_cache_budget
 from vlray.engine.runner.model_runner import ModelRunner, ModelRunnerOutput
 from vlray.engine.sampling.sampler import StepLogprobs, TokenCounts, apply_penalties, choose, make_generator
 from vlray.engine.scheduler import Scheduler
@@ -70,7 +70,16 @@ class ContinuousBatchingEngine:
         shape = KVCacheShape(text.num_hidden_layers, text.num_key_value_heads, text.head_dim, config.block_size)
         seats_full = (config.max_batch_size + 1) * loaded.max_model_len * shape.bytes_per_token(profile.dtype)
         budget = kv_cache_budget(profile, config.kv_cache_bytes, config.kv_cache_memory_fraction, seats_full)
-        self.kv_cache = KVCache(shape, shape.blocks_for_budget(budget, profile.dtype), profile.dtype, profile.device)
+        placement = loaded.placement
+        if placement.is_split:  # each layer's K/V beside it: the GPU's free memory, and RAM, for their layers
+            sides = [(side.device, side.dtype) for side in map(placement.layer_side, range(shape.num_layers))]
+            cpu_budget = None if config.kv_cache_bytes is not None or not profile.is_cuda else min(
+                DEFAULT_CPU_KV_CACHE_BYTES, seats_full)
+            num_blocks = blocks_for_sides(shape, sides, budget, cpu_budget)
+            self.kv_cache = KVCache(shape, num_blocks, profile.dtype, profile.device, sides)
+        else:
+            self.kv_cache = KVCache(shape, shape.blocks_for_budget(budget, profile.dtype), profile.dtype,
+                                    profile.device)
         self.block_manager = BlockManager(self.kv_cache.usable_block_ids, config.block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_batch_size, config.max_batch_tokens)

@@ -19,7 +19,7 @@ class ImageEncoder:
 
     def __init__(self, loaded: LoadedModel, stats: PipelineStats, cache: BlobCache | None = None) -> None:
         """`cache`: where encoder outputs are kept (None: every image is encoded)."""
-        self.vision_encoder = VisionEncoder(loaded.model, loaded.profile)
+        self.vision_encoder = VisionEncoder(loaded.model, loaded.profile, loaded.placement, loaded.moves)
         self.cached = (CachedVisionEncoder(self.vision_encoder, cache, processor_settings(loaded.processor),
                                            loaded.fingerprint) if cache is not None else None)
         self.stats = stats

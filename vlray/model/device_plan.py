@@ -3,8 +3,8 @@ device) and the memory budgets before a weight is loaded, and printed as a table
 
 The order of preference on a GPU: everything in fp16; the vision tower on the CPU (fp32) when it and its
 activations do not fit beside the decoder; NF4 decoder layers and LM head (bitsandbytes, runs on Pascal) when
-fp16 does not fit; then llama.cpp's `-ngl` split, the first N NF4 layers on the GPU and the rest on the CPU in
-int8. The embedding lookup stays on the CPU whenever the decoder is not wholly fp16 on the GPU (it reads a few
+fp16 does not fit; then llama.cpp's `-ngl` split, the first N layers on the GPU and the rest on the CPU (fp32
+under fp16 layers, int4 under NF4 ones: each side quantised with its own kernel, as `split_loading` loads it). The embedding lookup stays on the CPU whenever the decoder is not wholly fp16 on the GPU (it reads a few
 rows per step). On the CPU alone: fp32, else int8, else int4. Every plan keeps room for the CUDA context, the
 activations of one prefill at max_pixels, and `context_tokens` of KV cache; when nothing does, NoPlanFitsError
 says what was needed.
@@ -159,7 +159,8 @@ def _try_gpu(sizes: ComponentSizes, ram: int, gpu: int, context: int, max_pixels
         gpu_prefill = max(gpu_prefill, sizes.vision_prefill_bytes(max_pixels, 2))
     else:
         cpu_prefill = max(cpu_prefill, sizes.vision_prefill_bytes(max_pixels, 4))
-    cpu_form = "fp32" if option.form == "fp16" else "int8"  # CPU layers: fp32 unless quantisation was chosen
+    # CPU layers: fp32 unless quantisation was chosen, then the same method with the CPU's kernel (as loaded)
+    cpu_form = {"fp16": "fp32", "nf4": "int4", "int8": "int8"}[option.form]
     head_on_gpu = n == total
     head_form = option.form if head_on_gpu else cpu_form
     table_form = "fp16" if whole_fp16 else ("fp32" if cpu_form == "fp32" else "int8")

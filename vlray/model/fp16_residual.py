@@ -22,11 +22,13 @@ from transformers import PreTrainedModel
 def keep_residual_in_fp32(model: PreTrainedModel) -> None:
     """Make the text decoder's residual stream fp32 (a no-op unless the text weights are fp16)."""
     text = model.model.language_model
-    if text.norm.weight.dtype != torch.float16:  # (embeddings and head may be quantised)
-        return
+    # Layer by layer (norm weights: the embeddings and head may be quantised): a split model has fp16 layers on
+    # the GPU and fp32 ones on the CPU.
     for layer in text.layers:
-        layer.forward = MethodType(_decoder_layer_forward, layer)
-    text.norm.forward = MethodType(_final_norm_forward, text.norm)
+        if layer.input_layernorm.weight.dtype == torch.float16:
+            layer.forward = MethodType(_decoder_layer_forward, layer)
+    if text.norm.weight.dtype == torch.float16:
+        text.norm.forward = MethodType(_final_norm_forward, text.norm)
 
 
 def _decoder_layer_forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],

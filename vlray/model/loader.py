@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,9 +17,11 @@ from vlray.inputs.preprocessor import RequestPreprocessor
 from vlray.model.device_profile import DeviceProfile, detect_profile
 from vlray.model.fp16_residual import keep_residual_in_fp32
 from vlray.model.generation_defaults import sampling_defaults
+from vlray.model.placement import DeviceMoves, ModelPlacement, place_model
 from vlray.model.plan_command import log_device_plan
 from vlray.model.quantization.quantized_loading import load_quantized
 from vlray.model.source import model_fingerprint, resolve_model_dir
+from vlray.model.split_loading import choose_placement, load_split
 from vlray.model.weights_cache import load_pretrained, load_with_weights_cache
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,14 @@ class LoadedModel:
     eos_token_ids: list[int]
     pad_token_id: int
     model_dir: Path | None = None
+    placement: ModelPlacement | None = None
+    """Where each component runs; None (set to everything on the profile's device) when nothing is split."""
+    moves: DeviceMoves = field(default_factory=DeviceMoves)
+    """The crossings between the placement's sides, counted (all zero unless the model is split)."""
+
+    def __post_init__(self) -> None:
+        if self.placement is None:
+            self.placement = ModelPlacement.single(self.profile.device, self.profile.dtype)
 
     @property
     def tokenizer(self):
@@ -99,20 +109,29 @@ def load_model(config: EngineConfig, profile: DeviceProfile | None = None) -> Lo
     hf_logging.disable_progress_bar()
     log.info("loading %s on %s", model_dir, profile.describe())
     fingerprint = model_fingerprint(model_dir)
-    log_device_plan(model_dir, profile, config.quantization, config.max_pixels, log)
-    if config.quantization != "none" or config.vision_quantization != "none":
+    plan = log_device_plan(model_dir, profile, config.quantization, config.max_pixels, log)
+    placement = choose_placement(config, profile, plan, AutoConfig.from_pretrained(str(model_dir)))
+    if placement.is_split:
+        model = load_split(model_dir, profile, config, placement)
+    elif config.quantization != "none" or config.vision_quantization != "none":
         model = load_quantized(model_dir, profile, config.quantization, config.vision_quantization)
     elif config.uses_weights_cache:
         model, how = load_with_weights_cache(model_dir, profile, config.resolved_cache_dir(), fingerprint)
         log.info("weights %s", how)
     else:
         model = load_pretrained(model_dir, profile)
-    return wrap_model(model.eval(), processor, profile, config, model_dir, fingerprint)
+    return wrap_model(model.eval(), processor, profile, config, model_dir, fingerprint, placement)
 
 
 def wrap_model(model: PreTrainedModel, processor: ProcessorMixin, profile: DeviceProfile, config: EngineConfig,
-               model_dir: Path | None = None, fingerprint: str = "in-memory") -> LoadedModel:
-    """A LoadedModel around objects already built (the benchmark's random full-size model, for one)."""
+               model_dir: Path | None = None, fingerprint: str = "in-memory",
+               placement: ModelPlacement | None = None) -> LoadedModel:
+    """A LoadedModel around objects already built (the benchmark's random full-size model, for one); a split
+    `placement` moves the components to their sides and hooks the boundaries."""
+    moves = DeviceMoves()
+    if placement is not None and placement.is_split:
+        place_model(model, placement, moves)
+        log.info("placement: %s", placement.describe(model.config.text_config.num_hidden_layers))
     keep_residual_in_fp32(model)  # fp16 weights (Pascal) would overflow Qwen's residual stream
     tokenizer = processor.tokenizer
     eos = model.generation_config.eos_token_id
@@ -124,7 +143,8 @@ def wrap_model(model: PreTrainedModel, processor: ProcessorMixin, profile: Devic
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     context = model.config.text_config.max_position_embeddings
     max_model_len = min(config.max_model_len, context) if config.max_model_len else context
-    return LoadedModel(model, processor, profile, fingerprint, max_model_len, eos_ids, int(pad), model_dir)
+    return LoadedModel(model, processor, profile, fingerprint, max_model_len, eos_ids, int(pad), model_dir,
+                       placement, moves)
 
 
 def set_cpu_threads(num_threads: int | None) -> None:

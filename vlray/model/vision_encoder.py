@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
 from vlray.model.device_profile import DeviceProfile, attention_kernels
+from vlray.model.placement import DeviceMoves, ModelPlacement, Side
 
 
 @dataclass(slots=True)
@@ -42,14 +43,23 @@ def patches_per_image(grid_thw: torch.Tensor) -> list[int]:
 class VisionEncoder:
     """Runs a Qwen3-VL model's vision encoder on packed images; counts calls and images encoded."""
 
-    def __init__(self, model: PreTrainedModel, profile: DeviceProfile) -> None:
+    def __init__(self, model: PreTrainedModel, profile: DeviceProfile, placement: ModelPlacement | None = None,
+                 moves: DeviceMoves | None = None) -> None:
+        """`placement`: where a split model's vision tower runs (its outputs go to the embeddings' side)."""
         self.model = model
         self.profile = profile
+        self.placement = placement or ModelPlacement.single(profile.device, profile.dtype)
+        self.moves = moves or DeviceMoves()
         visual = model.model.visual
         self.merge_size: int = visual.spatial_merge_size
         self.num_deepstack: int = len(visual.deepstack_visual_indexes)
         self.num_calls = 0
         self.num_images = 0
+
+    @property
+    def output_side(self) -> Side:
+        """Where (and in what dtype) the features are handed over: beside the embedding lookup."""
+        return self.placement.embeddings
 
     def tokens_per_image(self, grid_thw: torch.Tensor) -> list[int]:
         """Placeholder tokens (and feature rows) of each image: t * h * w / merge^2."""
@@ -57,15 +67,19 @@ class VisionEncoder:
 
     def encode(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> list[ImageFeatures]:
         """Features of each image, in order. pixel_values [sum of patches, patch_dim], grid_thw [num_images, 3]."""
-        device = self.profile.device
+        vision, embeddings = self.placement.vision, self.placement.embeddings
         with torch.inference_mode(), attention_kernels(self.profile):
             output = self.model.get_image_features(
-                pixel_values.to(device, self.profile.dtype), grid_thw.to(device), return_dict=True)
+                pixel_values.to(vision.device, vision.dtype), grid_thw.to(vision.device), return_dict=True)
         self.num_calls += 1
         self.num_images += int(grid_thw.shape[0])
         # pooler_output: a tuple of [tokens_i, hidden] per image; deepstack_features: per layer, the same split.
-        return [ImageFeatures(embeds, tuple(layer[i] for layer in output.deepstack_features))
-                for i, embeds in enumerate(output.pooler_output)]
+        embeds, deepstack = output.pooler_output, output.deepstack_features
+        if vision is not embeddings:  # scattered into the embeddings' output: one copy of the step's images
+            embeds, deepstack = self.moves.to((embeds, deepstack), embeddings,
+                                              f"{vision.name}->{embeddings.name} at the vision outputs",
+                                              embeddings.dtype)
+        return [ImageFeatures(image, tuple(layer[i] for layer in deepstack)) for i, image in enumerate(embeds)]
 
 
 def to_mm_encoder_outputs(features: Sequence[ImageFeatures]) -> dict[str, BaseModelOutputWithDeepstackFeatures]:

@@ -57,7 +57,7 @@ class CachedVisionEncoder:
         self.cache = cache
         self.processor_settings = processor_settings
         self.model_fingerprint = model_fingerprint
-        self.dtype_name = str(encoder.profile.dtype).removeprefix("torch.")
+        self.dtype_name = str(encoder.output_side.dtype).removeprefix("torch.")
         self.num_hits = 0
 
     def key(self, image_hash: str) -> str:
@@ -81,13 +81,13 @@ class CachedVisionEncoder:
         keys = [self.key(h) for h in image_hashes]
         tokens = self.encoder.tokens_per_image(grid_thw)
 
-        profile = self.encoder.profile
+        side = self.encoder.output_side
         features: dict[str, ImageFeatures] = {}
         unique = list(dict.fromkeys(keys))
         for key, data in self.cache.get_many(unique).items():
             try:
-                cached = deserialize_features(data, tokens[keys.index(key)], self.encoder.num_deepstack, profile.dtype)
-                features[key] = cached.to(profile.device)
+                cached = deserialize_features(data, tokens[keys.index(key)], self.encoder.num_deepstack, side.dtype)
+                features[key] = cached.to(side.device)
             except ValueError as exc:
                 log.warning("cached vision-encoder output %s does not fit its image (%s); encoding again", key, exc)
 

@@ -20,12 +20,17 @@ from transformers import PreTrainedModel
 from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
 
 from vlray.engine.kv_cache import KVCache
+from vlray.model.placement import DeviceMoves, ModelPlacement, Side
 
 
 class DecodeRunner:
     """`forward(...)` -> next-token logits [B, V] (float32) for a batch of sequences."""
 
-    def __init__(self, model: PreTrainedModel, kv_cache: KVCache) -> None:
+    def __init__(self, model: PreTrainedModel, kv_cache: KVCache, placement: ModelPlacement | None = None,
+                 moves: DeviceMoves | None = None) -> None:
+        """`placement`: a split model's sides (the step crosses them as prefill does); None: one device."""
+        self.placement = placement if placement is not None and placement.is_split else None
+        self.moves = moves or DeviceMoves()
         text = model.model.language_model
         self.layers = text.layers
         self.embed_tokens = text.embed_tokens
@@ -47,6 +52,8 @@ class DecodeRunner:
         split_at (rows sorted by context length, see best_split): attention runs for rows [:split_at] and
         [split_at:] apart, each padded to its own longest context rather than all to the batch's longest.
         """
+        if self.placement is not None:
+            return self._forward_split(input_ids, positions, slots, block_tables, context_lens, split_at)
         rows = input_ids.shape[0]
         hidden = self.embed_tokens(input_ids).to(self.residual_dtype)  # [B, D]
         # Same cos/sin as the model computes: its rotary module, on 3-D positions that are equal for text.
@@ -65,6 +72,42 @@ class DecodeRunner:
                                               cos, sin, slots, groups).to(self.residual_dtype)
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden).to(self.dtype)).to(self.residual_dtype)
         return self.lm_head(self.norm(hidden).to(self.dtype)).float()
+
+    def _forward_split(self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                       block_tables: torch.Tensor, context_lens: torch.Tensor, split_at: int) -> torch.Tensor:
+        """forward() for a split model: each layer on its side, in its dtype, the hidden state carried across
+        the layer boundaries under the names prefill's hooks use. The embeddings, the final norm and the head
+        are called as modules, so place_model's hooks move their inputs (and the logits back to main) here too."""
+        placement, moves = self.placement, self.moves
+        rows = input_ids.shape[0]
+        side = placement.embeddings
+        hidden = self.embed_tokens(input_ids).to(side.carry_dtype)  # [B, D]
+        cos, sin = self.rotary_emb(hidden.to(side.dtype), positions.view(1, rows, 1).expand(3, rows, 1))
+        bounds = [(0, split_at), (split_at, rows)] if 0 < split_at < rows else [(0, rows)]
+        step: dict[str, tuple] = {}  # per side: cos, sin, slots, attention groups (the step's inputs there)
+
+        def inputs_on(layer_side: Side) -> tuple:
+            if layer_side.name not in step:
+                where = (cos, sin), slots, block_tables, context_lens
+                if layer_side is not side:  # (cos, sin) computed beside the embeddings
+                    where = moves.to(where, layer_side, f"step inputs to {layer_side.name}", layer_side.dtype)
+                (side_cos, side_sin), side_slots, tables, lens = where
+                step[layer_side.name] = (side_cos, side_sin, side_slots,
+                                         [self._attention_group(tables[lo:hi], lens[lo:hi]) for lo, hi in bounds])
+            return step[layer_side.name]
+
+        current = side
+        for index, layer in enumerate(self.layers):
+            layer_side = placement.layer_side(index)
+            if layer_side is not current:
+                hidden = moves.to(hidden, layer_side, f"{current.name}->{layer_side.name} at decoder layer {index}")
+                current = layer_side
+            layer_cos, layer_sin, layer_slots, groups = inputs_on(layer_side)
+            dtype, carry = layer_side.dtype, layer_side.carry_dtype
+            hidden = hidden + self._attention(index, layer.self_attn, layer.input_layernorm(hidden).to(dtype),
+                                              layer_cos, layer_sin, layer_slots, groups).to(carry)
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden).to(dtype)).to(carry)
+        return self.lm_head(self.norm(hidden).to(placement.head.dtype)).float()
 
     def _attention_group(self, block_tables: torch.Tensor, context_lens: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor]:

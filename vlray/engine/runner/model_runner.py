@@ -56,13 +56,15 @@ class ModelRunner:
         self.encoder = encoder
         self.stats = stats
         self.prefill_runner = PrefillRunner(loaded.model, kv_cache, profile.device)
-        decoder = DecodeRunner(loaded.model, kv_cache)
+        decoder = DecodeRunner(loaded.model, kv_cache, loaded.placement, loaded.moves)
         self.decode = decoder.forward
-        self.graphed = profile.is_cuda and config.cuda_graphs
+        # A split step runs CPU layers between GPU kernels, which no CUDA graph can hold.
+        self.graphed = profile.is_cuda and config.cuda_graphs and not loaded.placement.is_split
         if self.graphed:
             self.decode = CudaGraphDecoder(decoder.forward, config.max_batch_size,
                                            CUDA_GRAPH_MAX_CONTEXT // config.block_size, profile.device)
-        self.prefetcher = PixelPrefetcher(profile.device, profile.dtype)
+        vision = loaded.placement.vision  # pixels go where the vision tower runs
+        self.prefetcher = PixelPrefetcher(vision.device, vision.dtype)
         self.device = torch.device(profile.device)
         self._requests: dict[int, PreparedRequest] = {}  # by seq_id
         self._rope_deltas: dict[int, int] = {}  # by seq_id, from its prefill: decode position n is n + delta

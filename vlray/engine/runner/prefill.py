@@ -90,9 +90,13 @@ class PrefillRunner:
     def _cache_with_prefix(self, seq: Sequence) -> DynamicCache:
         cache = DynamicCache(config=self.text_config)
         if seq.num_cached_tokens:
-            blocks = seq.block_table[: seq.num_cached_tokens // self.kv_cache.block_size]
-            table = torch.tensor([blocks], dtype=torch.long, device=self.kv_cache.k.device)
+            blocks = torch.tensor([seq.block_table[: seq.num_cached_tokens // self.kv_cache.block_size]])
+            tables = {}  # per device (a split model keeps each layer's K/V beside it)
             for layer in range(self.kv_cache.shape.num_layers):
+                device = self.kv_cache.layer_device(layer)
+                if device not in tables:
+                    tables[device] = blocks.to(device)
+                table = tables[device]
                 k, v = self.kv_cache.gather(layer, table)  # [1, heads, cached, dim]
                 cache.update(k.contiguous(), v.contiguous(), layer)
         return cache
@@ -101,8 +105,13 @@ class PrefillRunner:
         block_size = self.kv_cache.block_size
         positions = torch.arange(cached, total)
         table = torch.tensor(seq.block_table, dtype=torch.long)
-        slots = (table[positions // block_size] * block_size + positions % block_size).to(self.kv_cache.k.device)
+        slots = table[positions // block_size] * block_size + positions % block_size
+        by_device = {}
         for layer in range(self.kv_cache.shape.num_layers):
+            device = self.kv_cache.layer_device(layer)
+            if device not in by_device:
+                by_device[device] = slots.to(device)
+            layer_slots = by_device[device]
             keys = cache.layers[layer].keys[0, :, cached:].transpose(0, 1)  # [T, heads, dim]
             values = cache.layers[layer].values[0, :, cached:].transpose(0, 1)
-            self.kv_cache.write(layer, slots, keys, values)
+            self.kv_cache.write(layer, layer_slots, keys, values)

@@ -86,26 +86,33 @@ def is_tied(model: nn.Module) -> bool:
 
 def quantize_model(model: nn.Module, method: QuantizationName, vision: VisionQuantizationName = "none",
                    capability: tuple[int, int] | None = None,
-                   weight_source: WeightSource | None = None) -> QuantizationSummary:
+                   weight_source: WeightSource | None = None,
+                   on_cpu: Callable[[str], bool] | None = None) -> QuantizationSummary:
     """Quantise in place; `capability` is the CUDA GPU's (None on the CPU); `weight_source` feeds layers that are
-    on the meta device. Returns what was done."""
+    on the meta device; `on_cpu(module name)` says which layers of a split model run on the CPU (they get the
+    CPU kernels). Returns what was done."""
     check_quantization(method, vision)
     summary = QuantizationSummary(method, vision)
     if method == "none" and vision == "none":
         return summary
     source = weight_source or _own_weights(model)
+
+    def capability_of(name: str) -> tuple[int, int] | None:
+        """The GPU's capability for a layer that runs there, None for one on the CPU (CPU kernels)."""
+        return None if capability is None or (on_cpu is not None and on_cpu(name)) else capability
     if method != "none":
         tied = is_tied(model)
-        names = text_linear_names(model)
-        head_source = _tied_source(source) if tied else source
-        for name in names:
-            _swap_linear(model, name, method, capability, head_source if name == LM_HEAD else source, summary, "text")
-        if capability is None:
+        # The head and the lookup table first, while little else is allocated: the full-precision table they are
+        # made from (1.24 GB in fp32 for the 2B model) is the largest transient of the build, and is freed after.
+        _swap_linear(model, LM_HEAD, method, capability_of, _tied_source(source) if tied else source, summary, "text")
+        if capability_of(EMBEDDINGS) is None:
             _quantize_embeddings(model, source, summary)
+        for name in text_linear_names(model)[:-1]:
+            _swap_linear(model, name, method, capability_of, source, summary, "text")
         _untie(model)
     if vision != "none":
         for name in vision_linear_names(model):
-            _swap_linear(model, name, vision, capability, source, summary, "vision")
+            _swap_linear(model, name, vision, capability_of, source, summary, "vision")
     return summary
 
 
@@ -119,11 +126,12 @@ def _tied_source(source: WeightSource) -> WeightSource:
     return read
 
 
-def _swap_linear(model: nn.Module, name: str, method: str, capability: tuple[int, int] | None,
+def _swap_linear(model: nn.Module, name: str, method: str, capability_of: Callable[[str], tuple[int, int] | None],
                  source: WeightSource, summary: QuantizationSummary, part: str) -> None:
     linear = model.get_submodule(name)
     if not isinstance(linear, nn.Linear):
         return  # already swapped
+    capability = capability_of(name)
     dense = _dense(linear, name, source)
     if capability is None:
         if method == "int4" and pick_group_size(linear.in_features) is None:
