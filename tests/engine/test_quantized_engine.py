@@ -8,7 +8,8 @@ import pytest
 from vlray.llm import LLM
 from vlray.model.loader import load_model
 from vlray.testing.reference import reference_generate
-from vlray.model.quantization import Int4PackedLinear, Int8DynamicLinear
+from vlray.model.quantization import Int4Avx2Linear, Int4PackedLinear, Int8DynamicLinear
+from vlray.model.quantization.int4_avx2_linear import KERNEL_ENV, kernel_available, load_kernel
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +23,17 @@ def workload(sample_images):
     ]
 
 
-@pytest.mark.parametrize("method, vision, kind", [("int8", "none", Int8DynamicLinear),
-                                                  ("int4", "int8", Int4PackedLinear)])
-def test_engine_equals_generate_on_the_quantized_model(tiny_config, workload, method, vision, kind) -> None:
+@pytest.mark.parametrize("method, vision, kind, int4_kernel", [
+    ("int8", "none", Int8DynamicLinear, "auto"),
+    ("int4", "int8", Int4Avx2Linear, "auto"),
+    ("int4", "none", Int4PackedLinear, "aten"),  # PyTorch's kernel, where the AVX2 one cannot run
+])
+def test_engine_equals_generate_on_the_quantized_model(tiny_config, workload, monkeypatch, method, vision, kind,
+                                                       int4_kernel) -> None:
+    if kind is Int4Avx2Linear and not kernel_available():
+        pytest.skip("the AVX2 int4 kernel does not run here")
+    monkeypatch.setenv(KERNEL_ENV, int4_kernel)
+    load_kernel.cache_clear()  # (a refusal is never cached: once the variable is restored, the kernel loads again)
     config = tiny_config.with_updates(quantization=method, vision_quantization=vision, cache=False)
     loaded = load_model(config)
     layer = loaded.model.model.language_model.layers[0]

@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from vlray.model.presets import build_model, load_preset_config
-from vlray.model.quantization import Int4PackedLinear, Int8DynamicLinear, Int8Embedding, quantize_model
+from vlray.model.quantization import Int4Avx2Linear, Int4PackedLinear, Int8DynamicLinear, Int8Embedding, quantize_model
+from vlray.model.quantization.int4_avx2_linear import kernel_available
+
+INT4_CPU = Int4Avx2Linear if kernel_available() else Int4PackedLinear  # the AVX2 kernel where it runs
 from vlray.model.quantization.random_weights import build_quantized_random
 
 
@@ -20,7 +23,7 @@ def tied_tiny():
     return build_model(config, device="cpu")
 
 
-@pytest.mark.parametrize("method, kind", [("int8", Int8DynamicLinear), ("int4", Int4PackedLinear)])
+@pytest.mark.parametrize("method, kind", [("int8", Int8DynamicLinear), ("int4", INT4_CPU)])
 def test_text_linears_and_tied_head_are_swapped(tied_tiny, method: str, kind: type) -> None:
     model = copy.deepcopy(tied_tiny)
     assert model.lm_head.weight is model.model.language_model.embed_tokens.weight

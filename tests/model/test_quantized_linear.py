@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from vlray.model.quantization import Int4PackedLinear, Int8DynamicLinear, Int8Embedding
+from vlray.model.quantization import Int4Avx2Linear, Int4PackedLinear, Int8DynamicLinear, Int8Embedding
+from vlray.model.quantization.int4_avx2_linear import kernel_available
 from vlray.model.quantization.nf4_linear import compute_dtype_for, int8_from_linear, nf4_from_linear
 
 has_bnb = importlib.util.find_spec("bitsandbytes") is not None
@@ -39,9 +40,11 @@ def test_int8_dynamic_matches_fp32(rows: int, bias: bool) -> None:
     assert (out - ref).abs().max() <= 0.03 * ref.abs().max()
 
 
-@pytest.mark.parametrize("kind", [Int8DynamicLinear, Int4PackedLinear])
+@pytest.mark.parametrize("kind", [Int8DynamicLinear, Int4PackedLinear, Int4Avx2Linear])
 def test_a_rows_output_does_not_depend_on_its_batch(kind: type) -> None:
     """The engine decodes rows together, generate one at a time: each row's output must be bit-identical."""
+    if kind is Int4Avx2Linear and not kernel_available():
+        pytest.skip("the AVX2 int4 kernel does not run here")
     quantized = kind.from_linear(_layer(bias=True))
     x = torch.randn(9, 512)
     x[3] *= 50  # an outlier row must not change the others

@@ -5,7 +5,8 @@ the layer's device (README, "Quantisation", says why each was chosen).
 | method | CPU (x86: AVX2, AVX-512, AMX)                         | CUDA                              |
 | ------ | ----------------------------------------------------- | --------------------------------- |
 | int8   | fbgemm int8 weights x int8 dynamic activations        | bitsandbytes LLM.int8 (sm75+)     |
-| int4   | aten `_weight_int4pack_mm_for_cpu`, bf16 activations  | bitsandbytes NF4 (sm60+, Pascal)  |
+| int4   | vlray's AVX2 int4 x int8 kernel (int4_avx2.c), else   | bitsandbytes NF4 (sm60+, Pascal)  |
+|        | aten `_weight_int4pack_mm_for_cpu` (bf16 activations) |                                   |
 
 Qwen3-VL-2B ties the LM head to the embeddings: the head is quantised like any linear layer (it is read on every
 token), and on the CPU the lookup table becomes int8 rows of its own, so no fp32 copy of the 311 M parameters
@@ -23,6 +24,8 @@ import torch
 from torch import nn
 
 from vlray.config import QuantizationName, VisionQuantizationName
+from vlray.model.quantization import int4_avx2_linear
+from vlray.model.quantization.int4_avx2_linear import Int4Avx2Linear
 from vlray.model.quantization.int4_packed_linear import Int4PackedLinear, pick_group_size
 from vlray.model.quantization.int8_dynamic_linear import Int8DynamicLinear
 from vlray.model.quantization.int8_embedding import Int8Embedding
@@ -134,11 +137,15 @@ def _swap_linear(model: nn.Module, name: str, method: str, capability_of: Callab
     capability = capability_of(name)
     dense = _dense(linear, name, source)
     if capability is None:
-        if method == "int4" and pick_group_size(linear.in_features) is None:
+        if method == "int8":
+            quantized, kernel = Int8DynamicLinear.from_linear(dense), "fbgemm int8 x int8-dynamic"
+        elif Int4Avx2Linear.supports(linear) and int4_avx2_linear.kernel_available():
+            quantized, kernel = Int4Avx2Linear.from_linear(dense), "vlray AVX2 int4 x int8-dynamic"
+        elif pick_group_size(linear.in_features) is not None:
+            quantized, kernel = Int4PackedLinear.from_linear(dense), "aten int4pack (bf16 activations)"
+        else:
             return  # no int4 group divides K: this layer stays as it is
-        quantized = Int8DynamicLinear.from_linear(dense) if method == "int8" else Int4PackedLinear.from_linear(dense)
-        after, kernel = quantized.nbytes(), ("fbgemm int8 x int8-dynamic" if method == "int8"
-                                              else "aten int4pack (bf16 activations)")
+        after = quantized.nbytes()
     else:
         device = dense.weight.device if dense.weight.is_cuda else torch.device("cuda")
         if method == "int4":
