@@ -88,8 +88,8 @@ def load_kernel() -> ctypes.CDLL:
         _compile(target)
     library = ctypes.CDLL(str(target))
     pointer, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    library.vlray_quantize_activations.argtypes = [pointer, i64, i64, pointer, pointer, pointer, i32]
-    library.vlray_int4_gemm.argtypes = [pointer] * 7 + [i64, i64, i64, i32]
+    library.vlray_int4_linear.argtypes = [pointer] * 5 + [i64, i64, i64, i32]
+    library.vlray_int4_linear.restype = i32
     return library
 
 
@@ -165,18 +165,13 @@ class Int4Avx2Linear(nn.Module):
         return (codes * scales[..., None] + mins[..., None]).view(rows, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel = load_kernel()
         flat = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
-        rows, groups = flat.shape[0], self.in_features // GROUP_SIZE
-        quantized = torch.empty(flat.shape, dtype=torch.int8)
-        act_scales, act_sums = torch.empty(rows, groups), torch.empty(rows, groups)
-        out = torch.empty(rows, self.out_features)
-        threads = torch.get_num_threads()
-        kernel.vlray_quantize_activations(flat.data_ptr(), rows, self.in_features, quantized.data_ptr(),
-                                          act_scales.data_ptr(), act_sums.data_ptr(), threads)
-        kernel.vlray_int4_gemm(self.codes.data_ptr(), self.scales.data_ptr(), self.mins.data_ptr(),
-                               quantized.data_ptr(), act_scales.data_ptr(), act_sums.data_ptr(), out.data_ptr(),
-                               rows, self.out_features, self.in_features, threads)
+        out = torch.empty(flat.shape[0], self.out_features)
+        status = load_kernel().vlray_int4_linear(
+            self.codes.data_ptr(), self.scales.data_ptr(), self.mins.data_ptr(), flat.data_ptr(), out.data_ptr(),
+            flat.shape[0], self.out_features, self.in_features, torch.get_num_threads())
+        if status != 0:
+            raise MemoryError(f"the int4 kernel could not allocate its scratch for {flat.shape[0]} rows")
         if self.bias is not None:
             out += self.bias
         return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
