@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -13,7 +14,9 @@ from vlray.model.quantization.random_weights import build_quantized_random
 # variant -> (quantization, vision_quantization). The "+vision" ones quantise the vision tower's linears too: the
 # memory the whole model needs, which is what a small laptop cares about.
 CPU_VARIANTS = {"fp32": ("none", "none"), "bf16": ("none", "none"), "int8": ("int8", "none"),
-                "int4": ("int4", "none"), "int8+vision": ("int8", "int8"), "int4+vision": ("int4", "int8")}
+                "int4": ("int4", "none"), "int8+vision": ("int8", "int8"), "int4+vision": ("int4", "int8"),
+                "int4-aten": ("int4", "none")}
+# int4-aten: PyTorch's int4 kernel instead of vlray's AVX2 one (VLRAY_INT4_KERNEL=aten in the variant's process)
 CUDA_VARIANTS = {"fp16": ("none", "none"), "nf4": ("int4", "none")}
 
 
@@ -53,6 +56,11 @@ def load_quant_model(variant: str, size: str, device: str, layers: int | None = 
     if variant not in table:
         raise ValueError(f"variant {variant!r} is not one of {', '.join(table)} on {device}")
     method, vision = table[variant]
+    if variant.endswith("-aten"):
+        from vlray.model.quantization.int4_avx2_linear import KERNEL_ENV, load_kernel
+
+        os.environ[KERNEL_ENV] = "aten"  # (each variant runs in a process of its own)
+        load_kernel.cache_clear()
     profile_name = "sm61" if device == "cuda" else "cpu"  # sm61 settings forced on whatever card is there
     dtype = "bfloat16" if variant == "bf16" else None
     profile = detect_profile(profile_name, dtype)

@@ -8,7 +8,6 @@ row its exact greedy text. A corrupt Parquet footer is an exit 2 before any mode
 
 import errno
 import json
-import math
 
 import pandas as pd
 import pyarrow as pa

@@ -8,7 +8,6 @@ image hosts: the server must refuse it (loopback) since allow_private_image_host
 import base64
 import functools
 import io
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor

@@ -120,3 +120,22 @@ def test_moves_count_crossings_and_convert_only_floating_tensors() -> None:
     ids, hidden = moves.to((torch.tensor([1, 2]), torch.ones(2, dtype=torch.bfloat16)), side, "b")
     assert ids.dtype == torch.long and hidden.dtype == torch.float32
     assert moves.crossings["b"] == 1 and moves.bytes["b"] == 2 * 8 + 2 * 2
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("quantization", ["none", "int4"])
+def test_a_gpu_cpu_split_gives_generates_tokens(tiny_config, workload, quantization) -> None:
+    """The real split, sm61 settings: vision on the CPU, decoder layer 0 on the GPU, the rest and the head on the
+    CPU (NF4 on the GPU and the CPU's int4 kernel under int4)."""
+    config = tiny_config.with_updates(device_profile="sm61", gpu_layers=1, vision_on_cpu=True, cache=False,
+                                      quantization=quantization, kv_cache_bytes=8 << 20, max_batch_size=3)
+    loaded = load_model(config)
+    layers = loaded.model.model.language_model.layers
+    assert loaded.placement.is_split and loaded.placement.vision.device.type == "cpu"
+    assert layers[0].input_layernorm.weight.is_cuda and not layers[1].input_layernorm.weight.is_cuda
+    expected = {r["id"]: reference_generate(loaded, r, 12) for r in workload}
+    results = LLM(config, loaded=loaded).generate(workload)
+    for request, result in zip(workload, results):
+        assert result.ok, result.error
+        assert result.token_ids == expected[request["id"]], request["id"]
+    assert loaded.moves.crossings["main->offload at decoder layer 1"] > 0

@@ -18,7 +18,6 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 
 #define GROUP 64
 #define ROWS_PER_TILE 4   /* activation rows sharing one unpacked weight group */
@@ -128,16 +127,18 @@ void vlray_int4_gemm(const uint8_t *codes, const uint16_t *scales, const uint16_
 }
 
 /* One call per linear layer (ctypes calls cost microseconds each, and a decode step makes ~200 of them): the
- * activations quantised into a scratch buffer, then the GEMM. Returns 0, or -1 when the scratch cannot be had. */
-int vlray_int4_linear(const uint8_t *codes, const uint16_t *scales, const uint16_t *mins, const float *x,
-                      float *out, int64_t m, int64_t n, int64_t k, int threads) {
+ * activations quantised into `scratch` (vlray_int4_scratch_bytes of it, from the caller's allocator), then the
+ * GEMM. */
+int64_t vlray_int4_scratch_bytes(int64_t m, int64_t k) {
+    return (int64_t)sizeof(float) * 2 * m * (k / GROUP) + m * k;
+}
+
+void vlray_int4_linear(const uint8_t *codes, const uint16_t *scales, const uint16_t *mins, const float *x,
+                       float *out, void *scratch, int64_t m, int64_t n, int64_t k, int threads) {
     const int64_t groups = k / GROUP;
-    float *xs = malloc(sizeof(float) * (size_t)(2 * m * groups) + (size_t)(m * k)); /* xs, xsum, then xq */
-    if (xs == NULL) return -1;
+    float *xs = scratch; /* xs, xsum, then xq */
     float *xsum = xs + m * groups;
     int8_t *xq = (int8_t *)(xsum + m * groups);
     vlray_quantize_activations(x, m, k, xq, xs, xsum, threads);
     vlray_int4_gemm(codes, scales, mins, xq, xs, xsum, out, m, n, k, threads);
-    free(xs);
-    return 0;
 }

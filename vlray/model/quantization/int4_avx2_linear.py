@@ -88,9 +88,14 @@ def load_kernel() -> ctypes.CDLL:
         _compile(target)
     library = ctypes.CDLL(str(target))
     pointer, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    library.vlray_int4_linear.argtypes = [pointer] * 5 + [i64, i64, i64, i32]
-    library.vlray_int4_linear.restype = i32
+    library.vlray_int4_linear.argtypes = [pointer] * 6 + [i64, i64, i64, i32]
+    library.vlray_int4_linear.restype = None
     return library
+
+
+def _scratch_bytes(rows: int, in_features: int) -> int:
+    """The kernel's activation scratch: int8 codes, and a scale and a sum per group (vlray_int4_scratch_bytes)."""
+    return 4 * 2 * rows * (in_features // GROUP_SIZE) + rows * in_features
 
 
 def kernel_available() -> bool:
@@ -166,12 +171,13 @@ class Int4Avx2Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
-        out = torch.empty(flat.shape[0], self.out_features)
-        status = load_kernel().vlray_int4_linear(
+        rows = flat.shape[0]
+        out = torch.empty(rows, self.out_features)
+        # The scratch from torch's allocator too, not malloc inside the kernel: one allocator, one heap to reuse.
+        scratch = torch.empty(_scratch_bytes(rows, self.in_features), dtype=torch.uint8)
+        load_kernel().vlray_int4_linear(
             self.codes.data_ptr(), self.scales.data_ptr(), self.mins.data_ptr(), flat.data_ptr(), out.data_ptr(),
-            flat.shape[0], self.out_features, self.in_features, torch.get_num_threads())
-        if status != 0:
-            raise MemoryError(f"the int4 kernel could not allocate its scratch for {flat.shape[0]} rows")
+            scratch.data_ptr(), rows, self.out_features, self.in_features, torch.get_num_threads())
         if self.bias is not None:
             out += self.bias
         return out.view(*x.shape[:-1], self.out_features).to(x.dtype)

@@ -16,6 +16,9 @@ demand), so the full-precision model never has to exist whole: peak memory stays
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import get_args
@@ -108,15 +111,47 @@ def quantize_model(model: nn.Module, method: QuantizationName, vision: VisionQua
         # The head and the lookup table first, while little else is allocated: the full-precision table they are
         # made from (1.24 GB in fp32 for the 2B model) is the largest transient of the build, and is freed after.
         _swap_linear(model, LM_HEAD, method, capability_of, _tied_source(source) if tied else source, summary, "text")
+        release_freed_memory()
         if capability_of(EMBEDDINGS) is None:
             _quantize_embeddings(model, source, summary)
-        for name in text_linear_names(model)[:-1]:
+        release_freed_memory()
+        for index, name in enumerate(text_linear_names(model)[:-1]):
             _swap_linear(model, name, method, capability_of, source, summary, "text")
+            if index % TRIM_EVERY == 0:
+                release_freed_memory()
         _untie(model)
     if vision != "none":
-        for name in vision_linear_names(model):
+        for index, name in enumerate(vision_linear_names(model)):
             _swap_linear(model, name, vision, capability_of, source, summary, "vision")
+            if index % TRIM_EVERY == 0:
+                release_freed_memory()
+    release_freed_memory()
     return summary
+
+
+TRIM_EVERY = 8  # layers quantised between two returns of freed memory to the OS
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc's malloc_trim; a no-op elsewhere). Each layer's
+    full-precision weight and quantisation temporaries are freed as it is swapped, but glibc keeps the freed
+    pages of its heaps resident: measured on the 2B model, that left the peak RSS up to 0.55 GiB above the
+    quantised size, varying from run to run with where the temporaries landed."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    if sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
+        return None
 
 
 def _own_weights(model: nn.Module) -> WeightSource:
