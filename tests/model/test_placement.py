@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vlray.llm import LLM
-from vlray.model.device_plan import DevicePlan
+from vlray.model.device_plan import DevicePlan, Placement
 from vlray.model.device_profile import select_profile
 from vlray.model.loader import load_model, wrap_model
 from vlray.model.placement import DeviceMoves, ModelPlacement
@@ -84,8 +84,9 @@ def _cuda_profile():
     return dataclasses.replace(cpu, name="sm61", device="cuda:0", dtype=torch.float16, capability=(6, 1))
 
 
-def _plan(num_gpu_layers: int, vision_device: str) -> DevicePlan:
-    return DevicePlan([], "none", vision_device, num_gpu_layers, 28, 4096, 4096, 2 << 30, 16 << 30)
+def _plan(num_gpu_layers: int, vision_device: str, lookup_device: str = "cuda:0") -> DevicePlan:
+    lookup = Placement("embeddings", lookup_device, "int8" if lookup_device == "cpu" else "fp16", 1)
+    return DevicePlan([lookup], "none", vision_device, num_gpu_layers, 28, 4096, 4096, 2 << 30, 16 << 30)
 
 
 def test_the_plan_decides_the_split_on_cuda_and_the_config_overrides_it(tiny_config) -> None:
@@ -102,6 +103,10 @@ def test_the_plan_decides_the_split_on_cuda_and_the_config_overrides_it(tiny_con
     assert not overridden.is_split  # more layers asked for than there are: all of them
     vision_only = choose_placement(tiny_config.with_updates(vision_on_cpu=True), profile, None, model_config)
     assert vision_only.vision_offloaded and vision_only.num_main_layers is None and not vision_only.head_offloaded
+    # NF4 on a 4 GB card: every layer on the GPU, the lookup table on the CPU in int8, as the plan printed it
+    lookup_only = choose_placement(tiny_config, profile, _plan(28, "cuda:0", lookup_device="cpu"), model_config)
+    assert lookup_only.embeddings_offloaded and not lookup_only.vision_offloaded
+    assert lookup_only.num_main_layers is None and not lookup_only.head_offloaded
     on_cpu = offloaded_names(planned)
     assert on_cpu("model.visual.blocks.0.attn.qkv") and on_cpu("model.language_model.layers.20.mlp.up_proj")
     assert not on_cpu("model.language_model.layers.19.mlp.up_proj") and on_cpu("lm_head")
