@@ -67,6 +67,23 @@ def test_a_split_model_gives_generates_tokens_and_crosses_every_boundary(tiny_co
     assert loaded.moves.bytes["main->offload at decoder layer 1"] > 0
 
 
+def test_a_vision_tower_on_the_other_side_gets_its_inputs_and_hands_its_outputs_over(tiny_config, workload) -> None:
+    """Vision offloaded (the small-card plan), embeddings and layers 0-1 on main, layer 2 and the head offloaded;
+    `generate` hands the tower pixels and grid on main, the engine encodes on its side."""
+    placement = ModelPlacement.split("cpu", torch.float32, vision_offloaded=True, num_main_layers=2)
+    config = tiny_config.with_updates(cache=False, kv_cache_bytes=8 << 20, max_batch_size=3)
+    plain = load_model(config)
+    loaded = wrap_model(plain.model, plain.processor, plain.profile, config, placement=placement)
+    expected = {r["id"]: reference_generate(loaded, r, 12) for r in workload}
+    assert loaded.moves.crossings["main->offload at the vision inputs"] == 2  # the two requests with images
+    loaded.moves.reset()
+    results = LLM(config, loaded=loaded).generate(workload)
+    assert [r.token_ids for r in results] == [expected[r["id"]] for r in workload]
+    crossings = loaded.moves.crossings
+    assert crossings["offload->main at the vision outputs"] >= 1
+    assert crossings["main->offload at decoder layer 2"] == crossings["offload->main at the logits"] > 0
+
+
 def test_the_kv_cache_of_a_split_model_lies_beside_each_layer(tiny_config) -> None:
     placement = ModelPlacement.split("cpu", torch.float32, num_main_layers=1, offload_dtype=torch.bfloat16)
     config = tiny_config.with_updates(cache=False, kv_cache_bytes=4 << 20)

@@ -171,11 +171,11 @@ def place_model(model: nn.Module, placement: ModelPlacement, moves: DeviceMoves)
 
 def _hook_inputs(module: nn.Module, side: Side, moves: DeviceMoves, boundary: str,
                  args_dtype: torch.dtype | None = None) -> None:
-    """Before `module` runs, its positional tensor arguments go to `side`, floating ones in `args_dtype`
-    (default: the side's carry dtype)."""
-    def move_inputs(_module: nn.Module, args: tuple) -> tuple:
-        return moves.to(args, side, boundary, args_dtype)
-    module.register_forward_pre_hook(move_inputs)
+    """Before `module` runs, its tensor arguments (positional and keyword: the vision tower's grid_thw comes as
+    one) go to `side`, floating ones in `args_dtype` (default: the side's carry dtype)."""
+    def move_inputs(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return moves.to((args, kwargs), side, boundary, args_dtype)
+    module.register_forward_pre_hook(move_inputs, with_kwargs=True)
 
 
 def _hook_layer(layer: nn.Module, side: Side, moves: DeviceMoves, boundary: str | None,
