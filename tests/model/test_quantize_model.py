@@ -80,3 +80,25 @@ def test_meta_build_has_the_structure_and_buffers_of_a_real_build(method: str) -
     assert torch.equal(norm, torch.ones_like(norm)) and summary.num_layers["text"] > 0
     with torch.inference_mode():
         assert torch.isfinite(streamed(input_ids=torch.tensor([[1, 2, 3]])).logits).all()
+
+
+@pytest.mark.parametrize("method, vision", [("int4", "int8"), ("int8", "none"), ("none", "int8")])
+def test_a_streamed_quantised_load_equals_from_pretrained_then_quantise(tiny_model_dir, method, vision) -> None:
+    """The CPU load reads each layer from the safetensors files as it quantises it (the full-precision model never
+    whole in memory); it must give what from_pretrained (fp32) and then quantize_model give, tensor for tensor."""
+    from vlray.model.device_profile import select_profile
+    from vlray.model.quantization.quantized_loading import apply_quantization, load_quantized_streaming
+    from vlray.model.weights_cache import load_pretrained
+
+    profile = select_profile("cpu", None)
+    streamed = load_quantized_streaming(tiny_model_dir, profile, method, vision)
+    whole = load_pretrained(tiny_model_dir, profile)
+    apply_quantization(whole, method, vision, profile)
+    ours, theirs = streamed.state_dict(), whole.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[name], theirs[name]) for name in ours)
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(streamed.named_buffers(), whole.named_buffers()))
+    ids = torch.randint(0, 500, (1, 12))
+    with torch.inference_mode():
+        assert torch.equal(streamed(input_ids=ids).logits, whole(input_ids=ids).logits)
+    assert streamed.generation_config.eos_token_id == whole.generation_config.eos_token_id
