@@ -78,7 +78,10 @@ def load_quantized_streaming(model_dir: Path, profile: DeviceProfile, quantizati
     config = AutoConfig.from_pretrained(str(model_dir))
     model = build_model(config, device="meta", dtype=torch.float32)
     model.config._attn_implementation = "sdpa"
-    model.generation_config = GenerationConfig.from_pretrained(str(model_dir))
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(str(model_dir))
+    except OSError:  # no generation_config.json: the defaults from_pretrained would take from the config
+        model.generation_config = GenerationConfig.from_model_config(config)
     weights = CheckpointWeights(model_dir)
     summary = quantize_model(model, quantization, vision, weight_source=weights)
     materialize(model)  # every tensor left gets storage (and non-persistent buffers their computed values) ...
