@@ -215,7 +215,11 @@ def _check_every_id_once_and_retry_counted(job: SimpleNamespace) -> None:
     assert (job.out["finish_reason"] != "error").all()
     assert job.stats["rows"] == len(job.ids)
     retries = job.stats["retries"]["generate"]
-    assert retries["windows"] >= 1 and retries["rows"] >= 1 and retries["actor_restarts"] == 1, (
+    # The restart is always counted. The windows the dead actor was running are retried and counted too, but a
+    # fault that lands between two of its windows (seen on a loaded 2-core VM, where Ray Data took seconds to
+    # hand out the next one) leaves none in flight: Ray resubmits the next window itself. So the window and row
+    # counts are checked for agreement, not for being positive.
+    assert retries["actor_restarts"] == 1 and (retries["windows"] >= 1) == (retries["rows"] >= 1), (
         job.rows_at_fault, job.stats["retries"],
         [(w["node_id"][:8], w["rows"], w["restarted"], w["busy_seconds"]) for w in job.stats["generate_workers"]])
 
