@@ -70,16 +70,13 @@ class ContinuousBatchingEngine:
         shape = KVCacheShape(text.num_hidden_layers, text.num_key_value_heads, text.head_dim, config.block_size)
         seats_full = (config.max_batch_size + 1) * loaded.max_model_len * shape.bytes_per_token(profile.dtype)
         budget = kv_cache_budget(profile, config.kv_cache_bytes, config.kv_cache_memory_fraction, seats_full)
+        # Each layer's K/V beside it; a split on CUDA sizes the GPU's layers by its free memory, the CPU's by RAM.
         placement = loaded.placement
-        if placement.is_split:  # each layer's K/V beside it: the GPU's free memory, and RAM, for their layers
-            sides = [(side.device, side.dtype) for side in map(placement.layer_side, range(shape.num_layers))]
-            cpu_budget = None if config.kv_cache_bytes is not None or not profile.is_cuda else min(
-                DEFAULT_CPU_KV_CACHE_BYTES, seats_full)
-            num_blocks = blocks_for_sides(shape, sides, budget, cpu_budget)
-            self.kv_cache = KVCache(shape, num_blocks, profile.dtype, profile.device, sides)
-        else:
-            self.kv_cache = KVCache(shape, shape.blocks_for_budget(budget, profile.dtype), profile.dtype,
-                                    profile.device)
+        sides = [(side.device, side.dtype) for side in map(placement.layer_side, range(shape.num_layers))]
+        split_on_cuda = placement.is_split and profile.is_cuda and config.kv_cache_bytes is None
+        cpu_budget = min(DEFAULT_CPU_KV_CACHE_BYTES, seats_full) if split_on_cuda else None
+        self.kv_cache = KVCache(shape, blocks_for_sides(shape, sides, budget, cpu_budget), profile.dtype,
+                                profile.device, sides)
         self.block_manager = BlockManager(self.kv_cache.usable_block_ids, config.block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_batch_size, config.max_batch_tokens)

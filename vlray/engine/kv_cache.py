@@ -92,6 +92,11 @@ class KVCache:
     def layer_device(self, layer: int) -> torch.device:
         return self.k_layers[layer].device
 
+    def per_layer(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """`tensor` on each layer's device (slots, block tables), copied once per device, not once per layer."""
+        copies = {device: tensor.to(device) for device in {k.device for k in self.k_layers}}
+        return [copies[k.device] for k in self.k_layers]
+
     @property
     def block_size(self) -> int:
         return self.shape.block_size

@@ -109,8 +109,9 @@ def load_model(config: EngineConfig, profile: DeviceProfile | None = None) -> Lo
     hf_logging.disable_progress_bar()
     log.info("loading %s on %s", model_dir, profile.describe())
     fingerprint = model_fingerprint(model_dir)
-    plan = log_device_plan(model_dir, profile, config.quantization, config.max_pixels, log)
-    placement = choose_placement(config, profile, plan, AutoConfig.from_pretrained(str(model_dir)))
+    model_config = AutoConfig.from_pretrained(str(model_dir))
+    plan = log_device_plan(model_config, model_dir, profile, config.quantization, config.max_pixels, log)
+    placement = choose_placement(config, profile, plan, model_config)
     if placement.is_split:
         model = load_split(model_dir, profile, config, placement)
     elif config.quantization != "none" or config.vision_quantization != "none":

@@ -190,9 +190,9 @@ def _hook_layer(layer: nn.Module, side: Side, moves: DeviceMoves, boundary: str 
             args = moves.to(args, side, boundary)
         moved = {}
         for name, value in kwargs.items():
-            if name == "hidden_states" and boundary is not None:
-                moved[name] = moves.to(value, side, boundary)
-            elif isinstance(value, (torch.Tensor, tuple, list)) and name != "hidden_states":
+            if name == "hidden_states":
+                moved[name] = value if boundary is None else moves.to(value, side, boundary)
+            elif isinstance(value, (torch.Tensor, tuple, list)):
                 kept = stash.get(name)
                 if kept is None or kept[0] is not value:
                     kept = stash[name] = (value, moves.to(value, side, shared_boundary, side.dtype))

@@ -55,7 +55,7 @@ def plan_for(model: str, gpu_memory: str | int | None = None, ram: str | int | N
     return plan_devices(sizes, ram_bytes, gpu, context_tokens, max_pixels, quantization)
 
 
-def log_device_plan(model_dir: Path, profile, quantization: str, max_pixels: int,
+def log_device_plan(model_config: PretrainedConfig, model_dir: Path, profile, quantization: str, max_pixels: int,
                     log: logging.Logger) -> DevicePlan | None:
     """At load: the plan for this worker's device and quantisation setting, logged as a table; when nothing
     fits, a warning that names what would (the load goes on: the estimates are conservative)."""
@@ -66,7 +66,7 @@ def log_device_plan(model_dir: Path, profile, quantization: str, max_pixels: int
         gpu, _ = torch.cuda.mem_get_info(torch.device(profile.device))
     pinned = quantization if quantization != "none" else "none"
     try:
-        sizes = component_sizes(AutoConfig.from_pretrained(str(model_dir)))
+        sizes = component_sizes(model_config)
         plan = plan_devices(sizes, system_ram_bytes(), gpu, max_pixels=max_pixels, quantization=pinned,
                             gpu_name=profile.device)
     except NoPlanFitsError as exc:

@@ -29,7 +29,6 @@ class DecodeRunner:
     def __init__(self, model: PreTrainedModel, kv_cache: KVCache, placement: ModelPlacement | None = None,
                  moves: DeviceMoves | None = None) -> None:
         """`placement`: a split model's sides (the step crosses them as prefill does); None: one device."""
-        self.placement = placement if placement is not None and placement.is_split else None
         self.moves = moves or DeviceMoves()
         text = model.model.language_model
         self.layers = text.layers
@@ -40,6 +39,7 @@ class DecodeRunner:
         self.kv_cache = kv_cache
         self.dtype = self.norm.weight.dtype  # (the head may be quantised: it has no float weight then)
         self.residual_dtype = torch.float32 if self.dtype == torch.float16 else self.dtype
+        self.placement = placement or ModelPlacement.single(self.norm.weight.device, self.dtype)
         config = model.config.text_config
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
@@ -52,32 +52,27 @@ class DecodeRunner:
         split_at (rows sorted by context length, see best_split): attention runs for rows [:split_at] and
         [split_at:] apart, each padded to its own longest context rather than all to the batch's longest.
         """
-        if self.placement is not None:
-            return self._forward_split(input_ids, positions, slots, block_tables, context_lens, split_at)
+        if self.placement.is_split or self.residual_dtype != self.dtype:
+            return self._forward_by_side(input_ids, positions, slots, block_tables, context_lens, split_at)
+        # The common case (one device, no fp16 residual): no casts, each of which costs Python time per step.
         rows = input_ids.shape[0]
-        hidden = self.embed_tokens(input_ids).to(self.residual_dtype)  # [B, D]
+        hidden = self.embed_tokens(input_ids).to(self.dtype)  # [B, D]
         # Same cos/sin as the model computes: its rotary module, on 3-D positions that are equal for text.
-        cos, sin = self.rotary_emb(hidden.to(self.dtype), positions.view(1, rows, 1).expand(3, rows, 1))  # [B, 1, d]
+        cos, sin = self.rotary_emb(hidden, positions.view(1, rows, 1).expand(3, rows, 1))  # [B, 1, d]
         bounds = [(0, split_at), (split_at, rows)] if 0 < split_at < rows else [(0, rows)]
         groups = [self._attention_group(block_tables[lo:hi], context_lens[lo:hi]) for lo, hi in bounds]
-
-        if self.residual_dtype == self.dtype:  # the common case: no casts (each costs Python time per step)
-            for index, layer in enumerate(self.layers):
-                hidden = hidden + self._attention(index, layer.self_attn, layer.input_layernorm(hidden), cos, sin,
-                                                  slots, groups)
-                hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-            return self.lm_head(self.norm(hidden)).float()
         for index, layer in enumerate(self.layers):
-            hidden = hidden + self._attention(index, layer.self_attn, layer.input_layernorm(hidden).to(self.dtype),
-                                              cos, sin, slots, groups).to(self.residual_dtype)
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden).to(self.dtype)).to(self.residual_dtype)
-        return self.lm_head(self.norm(hidden).to(self.dtype)).float()
+            hidden = hidden + self._attention(index, layer.self_attn, layer.input_layernorm(hidden), cos, sin,
+                                              slots, groups)
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return self.lm_head(self.norm(hidden)).float()
 
-    def _forward_split(self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
-                       block_tables: torch.Tensor, context_lens: torch.Tensor, split_at: int) -> torch.Tensor:
-        """forward() for a split model: each layer on its side, in its dtype, the hidden state carried across
-        the layer boundaries under the names prefill's hooks use. The embeddings, the final norm and the head
-        are called as modules, so place_model's hooks move their inputs (and the logits back to main) here too."""
+    def _forward_by_side(self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                         block_tables: torch.Tensor, context_lens: torch.Tensor, split_at: int) -> torch.Tensor:
+        """forward() layer by layer on each layer's side, in its dtype, the hidden state carried in the side's
+        carry dtype (fp32 under fp16 weights) and across the layer boundaries of a split under the names
+        prefill's hooks use. The embeddings, the final norm and the head are called as modules, so
+        place_model's hooks move their inputs (and the logits back to main) here too."""
         placement, moves = self.placement, self.moves
         rows = input_ids.shape[0]
         side = placement.embeddings

@@ -91,12 +91,7 @@ class PrefillRunner:
         cache = DynamicCache(config=self.text_config)
         if seq.num_cached_tokens:
             blocks = torch.tensor([seq.block_table[: seq.num_cached_tokens // self.kv_cache.block_size]])
-            tables = {}  # per device (a split model keeps each layer's K/V beside it)
-            for layer in range(self.kv_cache.shape.num_layers):
-                device = self.kv_cache.layer_device(layer)
-                if device not in tables:
-                    tables[device] = blocks.to(device)
-                table = tables[device]
+            for layer, table in enumerate(self.kv_cache.per_layer(blocks)):  # (a split keeps K/V beside each layer)
                 k, v = self.kv_cache.gather(layer, table)  # [1, heads, cached, dim]
                 cache.update(k.contiguous(), v.contiguous(), layer)
         return cache
@@ -106,12 +101,7 @@ class PrefillRunner:
         positions = torch.arange(cached, total)
         table = torch.tensor(seq.block_table, dtype=torch.long)
         slots = table[positions // block_size] * block_size + positions % block_size
-        by_device = {}
-        for layer in range(self.kv_cache.shape.num_layers):
-            device = self.kv_cache.layer_device(layer)
-            if device not in by_device:
-                by_device[device] = slots.to(device)
-            layer_slots = by_device[device]
+        for layer, layer_slots in enumerate(self.kv_cache.per_layer(slots)):
             keys = cache.layers[layer].keys[0, :, cached:].transpose(0, 1)  # [T, heads, dim]
             values = cache.layers[layer].values[0, :, cached:].transpose(0, 1)
             self.kv_cache.write(layer, layer_slots, keys, values)

@@ -70,11 +70,10 @@ def check_quantization(method: str, vision: str = "none") -> None:
 
 
 def text_linear_names(model: nn.Module) -> list[str]:
-    """Every nn.Linear of the text decoder layers, then the LM head."""
+    """Every nn.Linear of the text decoder layers (the LM head apart)."""
     layers = model.get_submodule("model.language_model.layers")
-    names = [f"model.language_model.layers.{name}" for name, module in layers.named_modules()
-             if isinstance(module, nn.Linear)]
-    return names + [LM_HEAD]
+    return [f"model.language_model.layers.{name}" for name, module in layers.named_modules()
+            if isinstance(module, nn.Linear)]
 
 
 def vision_linear_names(model: nn.Module) -> list[str]:
@@ -115,18 +114,21 @@ def quantize_model(model: nn.Module, method: QuantizationName, vision: VisionQua
         if capability_of(EMBEDDINGS) is None:
             _quantize_embeddings(model, source, summary)
         release_freed_memory()
-        for index, name in enumerate(text_linear_names(model)[:-1]):
+        for index, name in enumerate(text_linear_names(model)):
             _swap_linear(model, name, method, capability_of, source, summary, "text")
-            if index % TRIM_EVERY == 0:
-                release_freed_memory()
+            _trim_now_and_then(index)
         _untie(model)
     if vision != "none":
         for index, name in enumerate(vision_linear_names(model)):
             _swap_linear(model, name, vision, capability_of, source, summary, "vision")
-            if index % TRIM_EVERY == 0:
-                release_freed_memory()
+            _trim_now_and_then(index)
     release_freed_memory()
     return summary
+
+
+def _trim_now_and_then(index: int) -> None:
+    if index % TRIM_EVERY == 0:
+        release_freed_memory()
 
 
 TRIM_EVERY = 8  # layers quantised between two returns of freed memory to the OS
